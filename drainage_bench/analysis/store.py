@@ -1,0 +1,125 @@
+"""The results store: one parquet file per finished trial, written atomically.
+
+    <root>/<sweep>/trials/<trial_id>.parquet   one row: trial_id, every TrialConfig field, metrics
+    <root>/<sweep>/epochs/<trial_id>.parquet   per-epoch metrics
+    <root>/<sweep>/samples/<trial_id>.parquet  per training sample at the end (drainage runs only):
+                                               drainage probability, clean/mislabeled
+    <root>/<sweep>/ray/                        Ray Tune's own experiment folders
+
+Every file is written to a temporary name in the same folder and renamed into place, so a killed
+run never leaves a half-written record: a trial's record exists completely or not at all. The
+trial record is written last, so its presence means the epoch and sample files are complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from drainage_bench.errors import UserError
+
+DEFAULT_ROOT = Path("results")
+
+
+class ResultsStore:
+    """The results of one sweep, in ``<root>/<sweep>/``."""
+
+    def __init__(self, root: str | Path, sweep: str) -> None:
+        self.root = Path(root)
+        self.sweep = sweep
+        self.path = self.root / sweep
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write_trial(self, record: dict[str, Any], epochs: list[dict[str, Any]],
+                    samples: dict[str, Any] | None = None) -> Path:
+        """Write a finished (or failed) trial: epochs and samples first, the record last."""
+        trial_id = record["trial_id"]
+        if epochs:
+            rows = [{"trial_id": trial_id, **row} for row in epochs]
+            atomic_write_parquet(pa.Table.from_pylist(rows), self.path / "epochs" / f"{trial_id}.parquet")
+        if samples:
+            atomic_write_parquet(pa.table(samples), self.path / "samples" / f"{trial_id}.parquet")
+        flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in record.items()}
+        return atomic_write_parquet(pa.Table.from_pylist([flat]), self.trial_path(trial_id))
+
+    def trial_path(self, trial_id: str) -> Path:
+        return self.path / "trials" / f"{trial_id}.parquet"
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def trial_ids(self) -> set[str]:
+        """The trial_ids with a record (finished or failed)."""
+        folder = self.path / "trials"
+        return {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+
+    def trials(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The trial records of the sweep (all, or some trial_ids) as one table (empty if none)."""
+        df = read_folder(self.path / "trials", trial_ids)
+        if not df.empty and "sweep" not in df:
+            df.insert(0, "sweep", self.sweep)
+        return df
+
+    def epochs(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return read_folder(self.path / "epochs", trial_ids)
+
+    def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        return read_folder(self.path / "samples", trial_ids)
+
+    def statuses(self) -> dict[str, str]:
+        """trial_id -> status ('ok' or 'failed')."""
+        df = self.trials()
+        return dict(zip(df["trial_id"], df["status"])) if not df.empty else {}
+
+
+def read_folder(folder: Path, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """All parquet files of a folder (optionally only some trial_ids) as one DataFrame.
+
+    Files may have different columns (losses have different parameters): the schemas are
+    unified, missing columns read as null.
+    """
+    if not folder.is_dir():
+        return pd.DataFrame()
+    if trial_ids is None:
+        files = sorted(folder.glob("*.parquet"))
+    else:
+        files = [p for p in (folder / f"{t}.parquet" for t in sorted(set(trial_ids))) if p.exists()]
+    if not files:
+        return pd.DataFrame()
+    try:
+        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+        table = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
+    return table.to_pandas()
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> Path:
+    """Write `table` to `path` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_sweeps(root: str | Path) -> list[str]:
+    """Sweeps that have a results folder with trials under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "trials").is_dir())

@@ -1,0 +1,276 @@
+"""TrialConfig: one training run, completely described, validated and hashed.
+
+A `TrialConfig` is a frozen value. Everything downstream (trainer, Ray adapter, Optuna adapter,
+results store) receives it and nothing else. Its canonical form (the fields in `HASHED_FIELDS`,
+as sorted JSON) hashes to a stable `trial_id`, which is how a sweep knows what is already done.
+
+Recipes (``trainer/recipes/<name>.toml``) hold per-dataset defaults; `build_config` layers them:
+
+    recipe [trial]  <  recipe [loss.<name>]  <  caller overrides (spec, --set)
+
+Inside a ``[loss.<name>]`` table, keys that are TrialConfig fields (``lr``, ``l1_delta``,
+``weight_decay``, ...) override the trial; every other key is a parameter of the loss.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from drainage_bench.errors import UserError, did_you_mean
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+VAL_LABELS = ("clean", "noisy")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one training run needs. Construct with `build_config` (recipes + overrides)."""
+
+    dataset: str
+    loss: str
+    model: str
+    epochs: int
+    lr: float
+    loss_params: tuple[tuple[str, Any], ...] = ()
+    noise: str = "none"
+    noise_rate: float = 0.0
+    noise_key: str | None = None
+    seed: int = 0
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    step_size: int = 0
+    step_gamma: float = 0.1
+    weight_decay: float = 0.0
+    l1_delta: float = 0.0
+    grad_clip: float = 5.0
+    augment: str = "none"
+    val_fraction: float = 0.0
+    val_labels: str = "clean"
+    split_seed: int = 0
+    eval_every: int = 1
+    drainage_logit: float | None = None
+    # Not part of the trial's identity (see NOT_HASHED): where and how it runs, how it is shown.
+    device: str = "auto"
+    data_root: str | None = None
+    label: str | None = None
+    params_source: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "loss_params", _freeze_params(self.loss_params))
+        _validate(self)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The loss parameters as a dict."""
+        return dict(self.loss_params)
+
+    def canonical(self) -> dict[str, Any]:
+        """The fields that define the experiment, as plain JSON-able values."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in NOT_HASHED:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = dict(value) if f.name == "loss_params" else value
+        return out
+
+    @property
+    def trial_id(self) -> str:
+        """``<loss>-<noise>-s<seed>-<hash>``: readable, and stable across runs and machines."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"{self.loss}-{self.noise_tag}-s{self.seed}-{digest}"
+
+    @property
+    def noise_tag(self) -> str:
+        """Compact noise name: ``clean``, ``asym0.4``, ``human-worse_label``."""
+        if self.noise == "none":
+            return "clean"
+        if self.noise == "human":
+            return f"human-{self.noise_key or 'default'}"
+        return f"{self.noise}{self.noise_rate:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, loss_params as a dict (for JSON, Ray configs and records)."""
+        out = dataclasses.asdict(self)
+        out["loss_params"] = dict(self.loss_params)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+NOT_HASHED = frozenset({"device", "data_root", "label", "params_source"})
+FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
+FIELD_TYPES = {
+    name: (int if f.type == "int" else float if f.type in ("float", "float | None") else str)
+    for name, f in FIELDS.items()
+}
+
+
+def _freeze_params(params) -> tuple[tuple[str, Any], ...]:
+    items = params.items() if isinstance(params, dict) else params
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+def _check(condition: bool, field_name: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise UserError(f"{field_name}={value!r} is invalid: {expected}")
+
+
+def _validate(c: TrialConfig) -> None:
+    # Imported here: the registries import torch, and config must stay cheap to import.
+    from drainage_bench.trainer import augment, data, losses, models, noise
+
+    _check(c.dataset in data.DATASETS, "dataset", c.dataset, did_you_mean(c.dataset, data.DATASETS))
+    _check(c.loss in losses.LOSSES, "loss", c.loss, did_you_mean(c.loss, losses.LOSSES))
+    _check(c.model in models.MODELS, "model", c.model, did_you_mean(c.model, models.MODELS))
+    _check(c.augment in augment.AUGMENTS, "augment", c.augment, did_you_mean(c.augment, augment.AUGMENTS))
+    object.__setattr__(c, "loss_params", _freeze_params(losses.validate_loss_params(c.loss, c.params)))
+    info = data.DATASETS[c.dataset]
+    noise.validate_noise(c.noise, c.noise_rate, info.num_classes, c.dataset, c.noise_key)
+    _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "a non-negative integer")
+    _check(isinstance(c.epochs, int) and c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
+    _check(isinstance(c.batch_size, int) and c.batch_size >= 1, "batch_size", c.batch_size, "an integer >= 1")
+    _check(isinstance(c.eval_every, int) and c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
+    _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, did_you_mean(c.optimizer, OPTIMIZERS))
+    _check(c.schedule in SCHEDULES, "schedule", c.schedule, did_you_mean(c.schedule, SCHEDULES))
+    _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
+    _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
+    for name in ("lr",):
+        _check(_finite(getattr(c, name)) and getattr(c, name) > 0, name, getattr(c, name), "a number > 0")
+    for name in ("momentum", "weight_decay", "l1_delta", "grad_clip", "step_gamma"):
+        _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, name, getattr(c, name), "a number >= 0")
+    _check(0 <= c.val_fraction < 1, "val_fraction", c.val_fraction, "a fraction in [0, 1) (0.2 = the 80/20 split)")
+    _check(c.schedule != "step" or c.step_size >= 1, "step_size", c.step_size, "an integer >= 1 with schedule=step")
+    if c.drainage_logit is not None:
+        _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit, "a finite number, or none")
+        _check(losses.LOSSES[c.loss].extra_outputs == 1, "drainage_logit", c.drainage_logit,
+               "only the drainage loss has a drainage node")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+@cache
+def load_recipe(name: str) -> dict[str, Any]:
+    """A recipe file as a dict, with ``extends = "other"`` resolved (the base first)."""
+    path = resources.files("drainage_bench.trainer") / "recipes" / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"no recipe named {name!r}; " + did_you_mean(name, available_recipes()))
+    recipe = tomllib.loads(path.read_text())
+    base_name = recipe.pop("extends", None)
+    if base_name is None:
+        return recipe
+    base = load_recipe(base_name)
+    merged = {"trial": {**base.get("trial", {}), **recipe.get("trial", {})}, "loss": dict(base.get("loss", {}))}
+    for loss, values in recipe.get("loss", {}).items():
+        merged["loss"][loss] = {**merged["loss"].get(loss, {}), **values}
+    return merged
+
+
+def available_recipes() -> list[str]:
+    folder = resources.files("drainage_bench.trainer") / "recipes"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def split_overrides(loss: str, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``{key: value}`` into (trial fields, loss parameters).
+
+    ``loss.alpha`` and a bare ``alpha`` both name a loss parameter; anything that is neither a
+    field nor a parameter of `loss` is an error that lists both.
+    """
+    from drainage_bench.trainer.losses import loss_defaults
+
+    params_valid = loss_defaults(loss)
+    trial, params = {}, {}
+    for key, value in overrides.items():
+        name = key.removeprefix("loss.")
+        if key.startswith("loss.") or (name not in FIELDS and name in params_valid):
+            if name not in params_valid:
+                raise UserError(f"unknown parameter {key!r} of loss {loss!r}; "
+                                + did_you_mean(name, params_valid or ["(none)"]))
+            params[name] = value
+        elif name in FIELDS and name not in ("loss_params",):
+            trial[name] = value
+        else:
+            raise UserError(f"unknown setting {key!r}; valid: trial fields "
+                            + ", ".join(sorted(n for n in FIELDS if n != "loss_params"))
+                            + f"; loss parameters of {loss}: " + (", ".join(params_valid) or "none"))
+    return trial, params
+
+
+def build_config(dataset: str, loss: str, overrides: dict[str, Any] | None = None) -> TrialConfig:
+    """The recipe's defaults for (dataset, loss), then `overrides` (fields or loss parameters)."""
+    from drainage_bench.trainer.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; " + did_you_mean(dataset, DATASETS))
+    from drainage_bench.trainer.losses import LOSSES
+
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss {loss!r}; " + did_you_mean(loss, LOSSES))
+    recipe = load_recipe(DATASETS[dataset].recipe)
+    trial_values, params = split_overrides(loss, recipe.get("loss", {}).get(loss, {}))
+    values = {**recipe.get("trial", {}), **trial_values}
+    extra_trial, extra_params = split_overrides(loss, overrides or {})
+    values.update(extra_trial)
+    params.update(extra_params)
+    values.update(dataset=dataset, loss=loss, loss_params=params)
+    return TrialConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Ints where an int field got a whole float, floats where a float field got an int."""
+    kind = FIELD_TYPES.get(name)
+    if value is None or name == "loss_params":
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=0.1", "loss.alpha=2", "schedule=step", "drainage_logit=none"]`` -> a dict.
+
+    Values are read as TOML scalars when they parse (numbers, booleans, quoted strings), ``none``
+    means None, and anything else is taken as a plain string.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r} is malformed; write key=value, e.g. --set lr=0.05")
+        out[key.strip()] = parse_scalar(raw.strip())
+    return out
+
+
+def parse_scalar(raw: str) -> Any:
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -1,0 +1,201 @@
+"""Sweep specs: TOML files that expand into TrialConfigs.
+
+A spec names one dataset and the grid over losses x noise settings x seeds::
+
+    description = "what this sweep shows"
+    dataset = "digits"
+    seeds = [0, 1]
+    metric = "final_test_acc"          # the table's default metric
+    set = { epochs = 30 }              # recipe overrides for every trial
+
+    [resources]                        # per trial; the command line wins
+    cpus_per_trial = 1
+    gpus_per_trial = 0.25              # used only where a GPU is present
+
+    [[noise]]
+    type = "asym"
+    rates = [0.2, 0.4]
+    [[noise]]
+    type = "human"
+    keys = ["worse_label", "aggre_label"]
+
+    [[losses]]
+    name = "drainage"
+    params = { alpha = 1.0 }           # or params = "tuned": the best trial of the Optuna study
+    set = { l1_delta = 1e-3 }          # this loss's own recipe overrides
+    label = "Drainage"                 # the row's name in tables
+
+Named specs ship in ``sweeps/specs/``; a path to a user's own file works the same way.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from drainage_bench.config import TrialConfig, build_config
+from drainage_bench.errors import UserError, did_you_mean
+
+TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses"}
+LOSS_KEYS = {"name", "params", "set", "label"}
+NOISE_KEYS = {"type", "rates", "keys"}
+RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "max_concurrent"}
+METRICS = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "final_val_acc",
+           "final_drainage_share_clean", "final_drainage_share_noisy")
+
+# Looks up tuned parameters: (dataset, loss, noise_type, rate, key) -> (params, source).
+TunedLookup = Callable[[TrialConfig], tuple[dict[str, Any], str]]
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    params: dict[str, Any] | str = field(default_factory=dict)  # dict, or "tuned"
+    set: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class NoiseSetting:
+    type: str
+    rate: float = 0.0
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    dataset: str
+    losses: tuple[LossEntry, ...]
+    noise: tuple[NoiseSetting, ...]
+    seeds: tuple[int, ...]
+    metric: str = "final_test_acc"
+    description: str = ""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def expand(self, extra: dict[str, Any] | None = None, tuned: TunedLookup | None = None) -> list[TrialConfig]:
+        """Every TrialConfig of the sweep, in table order: loss, then noise, then seed."""
+        configs = []
+        for entry in self.losses:
+            for noise in self.noise:
+                for seed in self.seeds:
+                    values = {**self.overrides, **entry.set, **(extra or {}),
+                              "noise": noise.type, "noise_rate": noise.rate, "noise_key": noise.key,
+                              "seed": seed, "label": entry.label}
+                    if isinstance(entry.params, dict):
+                        values.update({f"loss.{k}": v for k, v in entry.params.items()})
+                    config = build_config(self.dataset, entry.name, values)
+                    if entry.params == "tuned":
+                        if tuned is None:
+                            raise UserError(f"spec {self.name!r}: loss {entry.name!r} asks for tuned parameters; "
+                                            "run `drainage-bench tune` first")
+                        params, source = tuned(config)
+                        config = config.replace(loss_params=params, params_source=source)
+                    configs.append(config)
+        return configs
+
+
+def _fail(source: str, what: str) -> UserError:
+    return UserError(f"spec {source}: {what}")
+
+
+def _unknown(source: str, where: str, keys, valid) -> None:
+    extra = sorted(set(keys) - set(valid))
+    if extra:
+        raise _fail(source, f"unknown key {extra[0]!r} in {where}; " + did_you_mean(extra[0], valid))
+
+
+def builtin_specs() -> dict[str, Path]:
+    folder = resources.files("drainage_bench.sweeps") / "specs"
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_spec(name_or_path: str) -> SweepSpec:
+    """A shipped spec by name, or a user's TOML file by path."""
+    specs = builtin_specs()
+    path = Path(name_or_path)
+    if name_or_path in specs:
+        path = specs[name_or_path]
+    elif not (path.suffix == ".toml" and path.is_file()):
+        raise UserError(f"no sweep named {name_or_path!r} and no such .toml file; "
+                        + did_you_mean(name_or_path, specs) + " (or give a path to a spec file)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise _fail(str(path), f"is not valid TOML ({err}); fix the file") from None
+    return parse_spec(raw, name=path.stem, source=str(path))
+
+
+def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepSpec:
+    """Validate the structure of a spec (the trial values are validated by TrialConfig)."""
+    _unknown(source, "the spec", raw, TOP_KEYS)
+    for key in ("dataset", "losses", "noise"):
+        if key not in raw:
+            raise _fail(source, f"missing {key!r}; a spec needs dataset, losses and noise")
+    if not isinstance(raw["dataset"], str):
+        raise _fail(source, "'dataset' must be a string")
+    seeds = raw.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
+        raise _fail(source, f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
+    metric = raw.get("metric", "final_test_acc")
+    if metric not in METRICS:
+        raise _fail(source, f"unknown metric {metric!r}; " + did_you_mean(metric, METRICS))
+    resources_ = raw.get("resources", {})
+    if not isinstance(resources_, dict):
+        raise _fail(source, "[resources] must be a table")
+    _unknown(source, "[resources]", resources_, RESOURCE_KEYS)
+    return SweepSpec(
+        name=name, dataset=raw["dataset"], losses=tuple(_loss_entries(raw["losses"], source)),
+        noise=tuple(_noise_settings(raw["noise"], source)), seeds=tuple(seeds), metric=metric,
+        description=str(raw.get("description", "")), overrides=_table(raw.get("set", {}), source, "set"),
+        resources=resources_, source=source)
+
+
+def _table(value: Any, source: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(source, f"{where!r} must be a table of key = value")
+    return value
+
+
+def _list_of_tables(value: Any, source: str, where: str) -> list[dict[str, Any]]:
+    if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+        raise _fail(source, f"{where!r} must be a non-empty array of tables ([[{where}]])")
+    return value
+
+
+def _loss_entries(value: Any, source: str) -> list[LossEntry]:
+    entries = []
+    for item in _list_of_tables(value, source, "losses"):
+        _unknown(source, "[[losses]]", item, LOSS_KEYS)
+        if not isinstance(item.get("name"), str):
+            raise _fail(source, "every [[losses]] entry needs a name")
+        params = item.get("params", {})
+        if params != "tuned":
+            params = _table(params, source, f"losses.{item['name']}.params")
+        entries.append(LossEntry(name=item["name"], params=params,
+                                 set=_table(item.get("set", {}), source, f"losses.{item['name']}.set"),
+                                 label=item.get("label")))
+    return entries
+
+
+def _noise_settings(value: Any, source: str) -> list[NoiseSetting]:
+    settings = []
+    for item in _list_of_tables(value, source, "noise"):
+        _unknown(source, "[[noise]]", item, NOISE_KEYS)
+        kind = item.get("type")
+        if not isinstance(kind, str):
+            raise _fail(source, "every [[noise]] entry needs a type")
+        if kind == "human":
+            settings += [NoiseSetting("human", 0.0, key) for key in item.get("keys", [None])]
+        elif kind == "none":
+            settings.append(NoiseSetting("none"))
+        else:
+            rates = item.get("rates")
+            if not (isinstance(rates, list) and rates and all(isinstance(r, (int, float)) for r in rates)):
+                raise _fail(source, f"noise {kind!r} needs rates = [numbers], got {rates!r}")
+            settings += [NoiseSetting(kind, float(r)) for r in rates]
+    return settings

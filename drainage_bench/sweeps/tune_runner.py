@@ -1,0 +1,225 @@
+"""Run the missing trials of a sweep on Ray Tune, every trial through the shared trainer.
+
+The results store is the source of truth, not Tune's experiment state: before each run the sweep
+is expanded into TrialConfigs, the trial_ids that already have a record are dropped, and only the
+rest go to a fresh Tune experiment (a plain grid). A trial writes its own record, atomically, the
+moment it ends, so whatever kills the driver (Ctrl+C, SIGKILL, a crashed node) the next run picks
+up exactly the trials without a record. (Tune's own restore re-runs trials that finished after its
+last snapshot when the driver is killed, so it is not used for resuming.)
+
+Failures: the trainer records a NaN loss or an exception as a failed trial; a worker that dies
+outright (killed by the OOM killer) is recorded as failed by the driver's callback. Failed trials
+are skipped on the next run unless ``retry_failed``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from drainage_bench.analysis.store import ResultsStore
+from drainage_bench.config import TrialConfig
+from drainage_bench.errors import UserError
+
+
+@dataclass
+class Plan:
+    """What a run of the sweep will do."""
+
+    configs: list[TrialConfig]        # every trial of the sweep
+    todo: list[TrialConfig]           # without a record (or failed, with retry_failed)
+    done: dict[str, str]              # trial_id -> status, of those in the sweep
+
+
+def plan(configs: list[TrialConfig], store: ResultsStore, retry_failed: bool = False) -> Plan:
+    statuses = store.statuses()
+    seen: set[str] = set()
+    unique = [c for c in configs if not (c.trial_id in seen or seen.add(c.trial_id))]
+    done = {c.trial_id: statuses[c.trial_id] for c in unique if c.trial_id in statuses}
+    todo = [c for c in unique if c.trial_id not in done or (retry_failed and done[c.trial_id] != "ok")]
+    return Plan(configs=unique, todo=todo, done=done)
+
+
+@dataclass
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+
+
+def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> Resources:
+    """Validate before Ray starts; a spec's GPU share is dropped (with a note) where there is no GPU."""
+    if res.cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial={res.cpus_per_trial} must be > 0")
+    if not 0 <= res.gpus_per_trial:
+        raise UserError(f"--gpus-per-trial={res.gpus_per_trial} must be >= 0")
+    if res.max_concurrent is not None and res.max_concurrent < 1:
+        raise UserError(f"--max-concurrent={res.max_concurrent} must be >= 1")
+    if res.gpus_per_trial > 0 and not address:
+        import torch
+
+        if not torch.cuda.is_available():
+            if gpu_explicit:
+                raise UserError(f"--gpus-per-trial {res.gpus_per_trial:g} was given but this machine has no "
+                                "CUDA GPU; drop the option (trials run on the CPU) or use --address for a cluster")
+            res = Resources(res.cpus_per_trial, 0.0, res.max_concurrent)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial, as Tune runs it (in a worker process)
+
+
+def tune_trainable(params: dict[str, Any]) -> None:
+    """Ray Tune function trainable: one trial, reported per epoch, recorded in the store."""
+    from ray import tune
+
+    from drainage_bench.trainer.loop import run_trial
+
+    config = TrialConfig.from_dict(params["case"]["trial"])
+    store = ResultsStore(params["results_root"], params["sweep"])
+    if params.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(params["threads"]))
+    if store.trial_path(config.trial_id).exists() and not params.get("retry_failed"):
+        return  # finished by an earlier, interrupted run of the driver
+    try:
+        result = run_trial(config, on_epoch=lambda m: tune.report({**m, "trial_id": config.trial_id}))
+    except Exception as err:  # noqa: BLE001 - e.g. bad data on this node: record it, go on
+        write_failed(store, config, f"{type(err).__name__}: {err}")
+        return
+    store.write_trial({**result.record(), "sweep": params["sweep"]}, result.epochs, result.samples)
+
+
+def write_failed(store: ResultsStore, config: TrialConfig, error: str) -> None:
+    from drainage_bench.trainer.loop import TrialResult
+
+    result = TrialResult(config=config, status="failed", epochs=[], realized_noise_rate=math.nan,
+                         wall_seconds=0.0, error=error)
+    store.write_trial({**result.record(), "sweep": store.sweep}, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress, on the driver
+
+
+@dataclass
+class Progress:
+    """Counts and best results, printed as trials end."""
+
+    plan: Plan
+    store: ResultsStore
+    metric: str
+    emit: Callable[[str], None]
+    started: float = field(default_factory=time.monotonic)
+    finished: int = 0
+    failed: int = 0
+    running: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        trials = self.store.trials()
+        if not trials.empty:
+            ok = trials[(trials["status"] == "ok") & trials["trial_id"].isin([c.trial_id for c in self.plan.configs])]
+            for label, value in ok.groupby("loss_display")[self.metric].max().items():
+                self.best[label] = value
+
+    def trial_ended(self, trial_id: str) -> None:
+        record = self.store.trials([trial_id])
+        self.finished += 1
+        if record.empty or record.iloc[0]["status"] != "ok":
+            self.failed += 1
+            error = "" if record.empty else str(record.iloc[0]["error"])[:160]
+            self.emit(f"[red]failed[/] {trial_id}: {error}")
+        else:
+            row = record.iloc[0]
+            value = row.get(self.metric, math.nan)
+            label = row["loss_display"]
+            if not math.isnan(value) and value > self.best.get(label, -math.inf):
+                self.best[label] = value
+            self.emit(f"done {trial_id}: {self.metric} {100 * value:.2f}% ({row['wall_seconds']:.0f}s)")
+        self.emit(self.line())
+
+    def line(self) -> str:
+        total = len(self.plan.todo)
+        pending = max(0, total - self.finished - self.running)
+        elapsed = time.monotonic() - self.started
+        eta = "?" if not self.finished else _hms(elapsed / self.finished * (total - self.finished))
+        best = "  ".join(f"{k} {100 * v:.1f}" for k, v in sorted(self.best.items(), key=lambda kv: -kv[1]))
+        return (f"[bold]{self.finished}/{total}[/] done ({self.failed} failed), {self.running} running, "
+                f"{pending} pending | {_hms(elapsed)} elapsed, ~{eta} left | best: {best or '—'}")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _progress_callback(progress: Progress):
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            progress.running += 1
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            progress.running -= 1
+            progress.trial_ended(trial.config["case"]["trial_id"])
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            progress.running -= 1
+            config = TrialConfig.from_dict(trial.config["case"]["trial"])
+            if not progress.store.trial_path(config.trial_id).exists():
+                write_failed(progress.store, config, f"the Ray worker died: {trial.error_file or 'no error file'}")
+            progress.trial_ended(config.trial_id)
+
+    return _Callback()
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resources, *, progress: Progress,
+               address: str | None = None, retry_failed: bool = False) -> None:
+    """Run `todo` as one Tune experiment under ``<store>/ray/``."""
+    import ray
+    from ray import tune
+
+    if not todo:
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False, configure_logging=True)
+    device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
+    root = str(store.root.resolve())
+    trainable = tune.with_resources(tune_trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
+    grid = [{"trial": c.replace(device=device).to_dict(), "trial_id": c.trial_id} for c in todo]
+    param_space = {
+        "case": tune.grid_search(grid),
+        "results_root": root, "sweep": store.sweep, "retry_failed": retry_failed,
+        "threads": max(1, int(resources.cpus_per_trial)),
+    }
+
+    def name(trial) -> str:
+        return trial.config["case"]["trial_id"]
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
+                                    trial_name_creator=name, trial_dirname_creator=name),
+        run_config=tune.RunConfig(
+            name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=str(store.path.resolve() / "ray"),
+            verbose=0, callbacks=[_progress_callback(progress)],
+            failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()

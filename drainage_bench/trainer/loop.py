@@ -1,0 +1,386 @@
+"""The shared trainer: `run_trial(config, on_epoch)` trains one TrialConfig and returns its result.
+
+It knows nothing of Ray or Optuna. `on_epoch(metrics)` is called after every epoch; the Ray
+adapter reports the metrics to Tune, the Optuna adapter reports them to its trial and raises to
+prune. An exception raised by `on_epoch` passes through unchanged; any other failure (a NaN loss,
+out of memory, a bug) ends the trial with ``status="failed"`` and the error, so a sweep goes on.
+
+Data live on the device as uint8 tensors; a batch is an index slice, converted, augmented and
+normalised there (airbench style). Large image-folder datasets stream through a DataLoader.
+On CUDA the forward pass runs under bf16 autocast with channels_last; the CPU path is fully
+deterministic: the same config gives the same numbers.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+import drainage_bench
+from drainage_bench.config import TrialConfig
+from drainage_bench.errors import UserError
+from drainage_bench.trainer.augment import make_augment
+from drainage_bench.trainer.data import DATASETS, StreamData, TensorData, load_dataset, resolve_data_root, stratified_split
+from drainage_bench.trainer.losses import LOSSES, display_name, make_loss
+from drainage_bench.trainer.models import make_model
+from drainage_bench.trainer.noise import NoisyLabels, make_noisy_labels
+
+EVAL_BATCH = 1024
+OnEpoch = Callable[[dict[str, Any]], None]
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial: summary metrics, per-epoch metrics, per-sample drainage data."""
+
+    config: TrialConfig
+    status: str
+    epochs: list[dict[str, Any]]
+    realized_noise_rate: float
+    wall_seconds: float
+    error: str | None = None
+    device: str = "cpu"
+    samples: dict[str, np.ndarray] | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """One flat row for the results store: the config, the metrics, provenance."""
+        return {
+            "trial_id": self.config.trial_id,
+            **self.config.to_dict(),
+            "loss_display": self.config.label or display_name(self.config.loss),
+            "status": self.status,
+            "error": self.error,
+            **self.summary,
+            "realized_noise_rate": self.realized_noise_rate,
+            "epochs_run": len(self.epochs),
+            "wall_seconds": self.wall_seconds,
+            "device_used": self.device,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(),
+            "version": drainage_bench.__version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+        }
+
+
+def summarize(epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final metrics and the test accuracy at the best *validation* epoch (never the best test)."""
+    out: dict[str, Any] = {}
+    if not epochs:
+        return out
+    last = epochs[-1]
+    for key in ("test_acc", "val_acc", "train_acc_noisy", "train_acc_clean", "memorized",
+                "drainage_share_clean", "drainage_share_noisy", "train_loss"):
+        out[f"final_{key}"] = last.get(key, math.nan)
+    evaluated = [e for e in epochs if not math.isnan(e.get("val_acc", math.nan))]
+    if evaluated:
+        best = max(evaluated, key=lambda e: e["val_acc"])  # first epoch of the best value
+        out.update(best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_acc_at_best_val=best["test_acc"])
+    else:
+        out.update(best_val_acc=math.nan, best_val_epoch=-1, test_acc_at_best_val=math.nan)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda was asked for but no CUDA GPU is visible; use --set device=cpu or auto")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: tensors on the device (index slices) or a stream from image files
+
+
+class TensorBatches:
+    """Images already in memory (on the device): a batch is an index slice."""
+
+    def __init__(self, images: torch.Tensor, device: torch.device) -> None:
+        self.images = images.to(device, non_blocking=True)
+
+    def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for idx in order.split(batch_size):
+            idx = idx.to(self.images.device, non_blocking=True)
+            yield idx, self.images[idx]
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, self.dataset[int(self.indices[i])]
+
+
+class StreamBatches:
+    """Images decoded from files by DataLoader workers; positions refer to `indices`."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray, device: torch.device) -> None:
+        self.dataset, self.device = _Indexed(dataset, indices), device
+
+    def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[b.tolist() for b in order.split(batch_size)],
+            num_workers=min(8, torch.get_num_threads()), pin_memory=self.device.type == "cuda")
+        for idx, images in loader:
+            yield idx.to(self.device), images.to(self.device, non_blocking=True)
+
+
+@dataclass
+class Prepared:
+    """Everything the epoch loop needs, on the device."""
+
+    train: Callable[..., Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    n_train: int
+    train_labels: torch.Tensor       # the labels trained on (noisy)
+    train_clean: torch.Tensor
+    train_is_noisy: torch.Tensor
+    evals: dict[str, tuple[Callable[..., Iterator], torch.Tensor, int]]  # name -> (batches, labels, n)
+    noisy: NoisyLabels
+    num_classes: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    in_channels: int
+    image_size: int
+
+
+def prepare(config: TrialConfig, device: torch.device) -> Prepared:
+    """Load the data, apply the noise, split 80/20 if asked, and move it to the device."""
+    root = resolve_data_root(config.data_root)
+    data = load_dataset(config.dataset, root)
+    info = DATASETS[config.dataset]
+    noisy = make_noisy_labels(
+        data.train_labels, config.noise, config.noise_rate, data.num_classes, dataset=config.dataset,
+        seed=config.seed, images=data.train_images if isinstance(data, TensorData) else None,
+        key=config.noise_key, data_root=root)
+    n_all = len(data.train_labels)
+    if config.val_fraction > 0:
+        # Noise first, on the whole training set; then a stratified split (by the observed labels)
+        # with its own fixed seed. The validation part carries clean labels unless asked otherwise.
+        train_idx, val_idx = stratified_split(noisy.labels, config.val_fraction, config.split_seed)
+    else:
+        train_idx, val_idx = np.arange(n_all), np.array([], dtype=np.int64)
+
+    def batches(images: torch.Tensor | None, dataset, indices: np.ndarray):
+        if isinstance(data, StreamData):
+            return StreamBatches(dataset, indices, device)
+        return TensorBatches(images[torch.as_tensor(indices)], device)
+
+    def on_device(t: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+        return t[torch.as_tensor(indices)].to(device)
+
+    is_tensor = isinstance(data, TensorData)
+    train_src = batches(data.train_images if is_tensor else None, None if is_tensor else data.train, train_idx)
+    n_test = len(data.test_labels)
+    evals = {"test": (batches(data.test_images if is_tensor else None, None if is_tensor else data.test,
+                              np.arange(n_test)), data.test_labels.to(device), n_test)}
+    if len(val_idx):
+        val_labels = noisy.labels if config.val_labels == "noisy" else data.train_labels
+        evals["val"] = (batches(data.train_images if is_tensor else None, None if is_tensor else data.train, val_idx),
+                        on_device(val_labels, val_idx), len(val_idx))
+    shape = (1, -1, 1, 1)
+    return Prepared(
+        train=train_src, n_train=len(train_idx),
+        train_labels=on_device(noisy.labels, train_idx), train_clean=on_device(data.train_labels, train_idx),
+        train_is_noisy=on_device(noisy.is_noisy, train_idx), evals=evals, noisy=noisy,
+        num_classes=data.num_classes,
+        mean=torch.tensor(data.mean, device=device).view(shape), std=torch.tensor(data.std, device=device).view(shape),
+        in_channels=info.in_channels, image_size=info.image_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation pieces
+
+
+def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrialConfig, optimizer: torch.optim.Optimizer):
+    """Stepped once per epoch, as in the reference code."""
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def l1_penalty(params: list[torch.Tensor]) -> torch.Tensor:
+    """sum_theta |theta| over every parameter (the L1 term delta * ||theta||_1 of the recipes)."""
+    return torch.stack(torch._foreach_norm(params, 1)).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+class _CallbackError(Exception):
+    """Carries an exception raised by on_epoch through run_trial's failure handling."""
+
+
+def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None) -> TrialResult:
+    """Train one trial. Failures become ``status="failed"``; UserError and on_epoch's errors raise."""
+    start = time.perf_counter()
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    prepared = prepare(config, device)  # UserError (bad data) propagates
+    epochs: list[dict[str, Any]] = []
+    result = TrialResult(config=config, status="ok", epochs=epochs, device=str(device),
+                         realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0)
+    try:
+        result.samples = _train(config, prepared, device, epochs, on_epoch)
+    except _CallbackError as err:
+        raise err.__cause__ from None
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # noqa: BLE001 - any other failure is recorded, the sweep goes on
+        result.status = "failed"
+        result.error = f"{type(err).__name__}: {err}"
+        if not isinstance(err, Diverged):
+            result.error += " | " + traceback.format_exc(limit=-3).strip().splitlines()[-1]
+    result.wall_seconds = time.perf_counter() - start
+    result.summary = summarize(epochs)
+    return result
+
+
+def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list, on_epoch: OnEpoch | None):
+    loss_cls = LOSSES[config.loss]
+    loss_fn = make_loss(config.loss, p.num_classes, **config.params).to(device)
+    drainage = loss_cls.extra_outputs == 1
+    model = make_model(config.model, p.num_classes, p.in_channels, p.image_size,
+                       extra_outputs=loss_cls.extra_outputs, drainage_logit=config.drainage_logit).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer)
+    augment = make_augment(config.augment)
+    params = [q for q in model.parameters() if q.requires_grad]
+    order_gen = torch.Generator().manual_seed(config.seed)            # data order: CPU, seeded
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+
+    def inputs(images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.float().div_(255)
+        if train:
+            x = augment(x, aug_gen)
+        x = (x - p.mean) / p.std
+        return x.contiguous(memory_format=torch.channels_last) if cuda else x
+
+    def forward(images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            return model(inputs(images, train)).float()
+
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        lr = optimizer.param_groups[0]["lr"]
+        sums = torch.zeros(7, device=device, dtype=torch.float64)
+        order = torch.randperm(p.n_train, generator=order_gen)
+        for idx, images in p.train(order, config.batch_size):
+            logits = forward(images, train=True)
+            y = p.train_labels[idx]
+            loss = loss_fn(logits, y)
+            if config.l1_delta > 0:
+                loss = loss + config.l1_delta * l1_penalty(params)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                sums += _batch_stats(logits, y, p.train_clean[idx], p.train_is_noisy[idx], p.num_classes, loss)
+        total = sums.tolist()
+        train_loss = total[0] / max(1, math.ceil(p.n_train / config.batch_size))
+        if not math.isfinite(train_loss):
+            raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={config.lr:g}); "
+                           "lower the learning rate or check the loss parameters")
+        scheduler.step()
+        n_noisy = total[5]
+        n_clean = p.n_train - n_noisy
+        metrics = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc_noisy": total[1] / p.n_train,
+            "train_acc_clean": total[2] / p.n_train,
+            "memorized": total[6] / n_noisy if n_noisy else math.nan,
+            "drainage_share_clean": (total[3] / n_clean if n_clean else math.nan) if drainage else math.nan,
+            "drainage_share_noisy": (total[4] / n_noisy if n_noisy else math.nan) if drainage else math.nan,
+            "test_acc": math.nan,
+            "val_acc": math.nan,
+        }
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            model.eval()
+            for name, (batches, labels, n) in p.evals.items():
+                metrics[f"{name}_acc"] = _accuracy(forward, batches, labels, n, p.num_classes)
+        metrics["epoch_seconds"] = time.perf_counter() - t0
+        epochs.append(metrics)
+        if on_epoch is not None:
+            try:
+                on_epoch(dict(metrics))
+            except Exception as err:  # noqa: BLE001 - handed back to the caller unchanged
+                raise _CallbackError() from err
+    if drainage:
+        model.eval()
+        return _drainage_samples(forward, p, config.batch_size)
+    return None
+
+
+def _batch_stats(logits, y, clean, is_noisy, num_classes, loss) -> torch.Tensor:
+    """[loss, correct vs given label, correct vs clean, drained clean, drained noisy, #noisy, memorized]."""
+    pred = logits[:, :num_classes].argmax(1)
+    drained = logits.argmax(1) == num_classes  # only possible with a drainage column
+    noisy = is_noisy
+    return torch.stack([
+        loss.detach().double(),
+        (pred == y).sum().double(),
+        (pred == clean).sum().double(),
+        (drained & ~noisy).sum().double(),
+        (drained & noisy).sum().double(),
+        noisy.sum().double(),
+        ((pred == y) & noisy).sum().double(),
+    ])
+
+
+@torch.no_grad()
+def _accuracy(forward, batches, labels: torch.Tensor, n: int, num_classes: int) -> float:
+    correct = torch.zeros((), device=labels.device, dtype=torch.int64)
+    for idx, images in batches(torch.arange(n), EVAL_BATCH):
+        correct += (forward(images)[:, :num_classes].argmax(1) == labels[idx]).sum()
+    return correct.item() / n
+
+
+@torch.no_grad()
+def _drainage_samples(forward, p: Prepared, batch_size: int) -> dict[str, np.ndarray]:
+    """Per training sample at the end: the drainage probability and whether its label is wrong."""
+    probs = torch.empty(p.n_train, device=p.train_labels.device)
+    for idx, images in p.train(torch.arange(p.n_train), EVAL_BATCH):
+        probs[idx] = forward(images).softmax(1)[:, -1]
+    return {"drainage_prob": probs.cpu().numpy(), "is_noisy": p.train_is_noisy.cpu().numpy()}

@@ -1,0 +1,28 @@
+"""Shared fixtures: where the real data lives, and temporary results folders."""
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared real-data folder ($DRAINAGE_BENCH_DATA).
+
+    Skips when the variable is unset (a user's clone); under CI=true a missing folder fails.
+    """
+    value = os.environ.get("DRAINAGE_BENCH_DATA")
+    if not value or not Path(value).is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"DRAINAGE_BENCH_DATA={value!r} is not a folder; CI needs the real data")
+        pytest.skip("DRAINAGE_BENCH_DATA is not set")
+    return Path(value)
+
+
+def require_file(path: Path) -> Path:
+    """Skip (or, under CI=true, fail) when a real data file is missing."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"missing real data file {path}")
+        pytest.skip(f"missing {path}")
+    return path
