@@ -1,0 +1,643 @@
+"""Datasets as tensors, and the dataset registry.
+
+Small datasets (digits, MNIST, Fashion-MNIST, CIFAR-10/100 and their CIFAR-N variants) load
+completely into memory as :class:`TensorData` (uint8 images, int64 clean labels); the training
+loop moves them to the device and batches by index slices. Large image-folder datasets
+(mini-WebVision, Clothing1M) are :class:`StreamData`: file lists whose images are decoded on the
+fly through a DataLoader.
+
+Files are read from a data root (``--data-root``, else ``$DRAINAGE_BENCH_DATA``, else ``./data``)
+in the standard torchvision folder layouts. Nothing is downloaded unless ``download=True``; nothing
+is ever written next to the source files (the data root may be read-only). CIFAR batch files are
+pickles: they are read with an unpickler that refuses every global except numpy's array
+reconstruction, so a tampered file cannot run code.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from drainage_bench.errors import UserError, did_you_mean
+
+DATA_ROOT_ENV = "DRAINAGE_BENCH_DATA"
+STREAM_RESIZE = 256  # short side after resizing, before the center crop (image-folder datasets)
+STREAM_IMAGE_SIZE = 224  # side of the center crop fed to the network (image-folder datasets)
+# Image-folder datasets are too large to measure; they use the ImageNet statistics, as is usual.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIGITS_TEST_SIZE = 540  # of 1797 -> 1257 train / 540 test (about 30%), stratified, seed 0
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass
+class TensorData:
+    """A whole dataset in memory (CPU tensors; the loop moves them to the device).
+
+    The tensors are shared by every caller of :func:`load_dataset` (it caches): never modify
+    them in place.
+    """
+
+    name: str
+    train_images: torch.Tensor  # uint8 (N, C, H, W)
+    train_labels: torch.Tensor  # int64 (N,), clean labels
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+
+@dataclass
+class StreamData:
+    """An image-folder dataset decoded on the fly: ``train[i]`` is a uint8 (C, H, W) tensor.
+
+    The labels are known without decoding; for WebVision and Clothing1M the training labels are
+    the dataset's own (noisy) labels.
+    """
+
+    name: str
+    train: Dataset
+    test: Dataset
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the registry knows about a dataset before loading it."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    loader: Callable[[Path, bool], TensorData | StreamData]  # (root, download) -> data
+    required: tuple[str, ...]  # paths relative to the data root that must exist
+    recipe: str  # name of the training recipe (cifar10n trains like cifar10)
+    human_noise: bool  # labels come with real human noise (CIFAR-N label files)
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+
+
+def _register(info: DatasetInfo) -> None:
+    DATASETS[info.name] = info
+
+
+# --------------------------------------------------------------------------- public functions
+
+
+def resolve_data_root(cli_value: str | Path | None) -> Path:
+    """The data root: ``--data-root`` if given, else ``$DRAINAGE_BENCH_DATA``, else ``./data``."""
+    if cli_value:
+        return Path(cli_value).expanduser()
+    env_value = os.environ.get(DATA_ROOT_ENV)
+    if env_value:
+        return Path(env_value).expanduser()
+    return Path("data")
+
+
+def dataset_status(name: str, root: Path) -> tuple[bool, str]:
+    """Whether ``name`` can be loaded from ``root``, and a one-line detail (the missing path)."""
+    info = _lookup(name)
+    if not info.required:
+        return True, "bundled, needs no files"
+    root = Path(root)
+    if not root.is_dir():
+        return False, f"data root {root} does not exist"
+    missing = _first_missing(info, root)
+    if missing is not None:
+        return False, f"missing {root / missing}"
+    return True, f"found under {root}"
+
+
+def load_dataset(name: str, root: Path, download: bool = False) -> TensorData | StreamData:
+    """Load a registered dataset from ``root`` (cached in-process by name, root and download)."""
+    info = _lookup(name)
+    return _load_cached(info.name, Path(root).expanduser().absolute(), bool(download))
+
+
+def stratified_split(
+    labels: torch.Tensor | np.ndarray, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train_idx, val_idx)``, sorted int64, with each class split in proportion.
+
+    Uses ``sklearn.model_selection.train_test_split(..., stratify=labels)``; the same labels and
+    seed always give the same split.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"val_fraction={val_fraction} is out of range; valid: 0 < val_fraction < 1")
+    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    try:
+        train_idx, val_idx = train_test_split(
+            np.arange(len(labels)), test_size=val_fraction, stratify=labels, random_state=seed
+        )
+    except ValueError as exc:
+        raise UserError(f"cannot split {len(labels)} labels with val_fraction={val_fraction}: {exc}") from exc
+    return np.sort(train_idx).astype(np.int64), np.sort(val_idx).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- registry helpers
+
+
+def _lookup(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; {did_you_mean(name, DATASETS)}")
+    return DATASETS[name]
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str, root: Path, download: bool) -> TensorData | StreamData:
+    return DATASETS[name].loader(root, download)
+
+
+def _candidates(relative: str) -> tuple[str, ...]:
+    """The accepted files for a required path: IDX files may be unpacked, CIFAR-N labels ``.pt``."""
+    if relative.endswith(".gz"):
+        return relative, relative.removesuffix(".gz")
+    if relative.endswith(".npz"):
+        return relative, relative.removesuffix(".npz") + ".pt"
+    return (relative,)
+
+
+def _find(root: Path, relative: str) -> Path | None:
+    """The first accepted file for ``relative`` that exists under ``root``."""
+    for candidate in _candidates(relative):
+        if (root / candidate).is_file():
+            return root / candidate
+    return None
+
+
+def _first_missing(info: DatasetInfo, root: Path) -> str | None:
+    return next((rel for rel in info.required if _find(root, rel) is None), None)
+
+
+@dataclass(frozen=True)
+class _DataFolder:
+    """A dataset's files under a data root, and one-line errors that name them."""
+
+    info: DatasetInfo
+    root: Path
+
+    def path(self, relative: str) -> Path:
+        return _find(self.root, relative) or self.root / relative
+
+    def error(self, path: Path, problem: str) -> UserError:
+        top = path.relative_to(self.root).parts[0]
+        hint = "pass --data-root DIR" + (" or --download" if top in _DOWNLOADERS else "")
+        layout = ", ".join(self.info.required)
+        return UserError(f"{path} {problem}; {self.info.name} expects the layout <data root>/{{{layout}}}; {hint}")
+
+
+def _ensure_available(name: str, root: Path, download: bool) -> _DataFolder:
+    """Fetch missing files if asked to, then fail naming the first path still missing."""
+    folder = _DataFolder(DATASETS[name], root)
+    if download:
+        missing_tops = sorted({rel.split("/")[0] for rel in folder.info.required if _find(root, rel) is None})
+        for top in missing_tops:
+            if top not in _DOWNLOADERS:
+                raise folder.error(root / top, "cannot be downloaded automatically")
+        for top in missing_tops:
+            _DOWNLOADERS[top](root)
+    if not root.is_dir():
+        raise UserError(
+            f"data root {root} does not exist; pass --data-root DIR or set {DATA_ROOT_ENV} "
+            "(the digits dataset needs no files)"
+        )
+    missing = _first_missing(folder.info, root)
+    if missing is not None:
+        raise folder.error(root / missing, "not found")
+    return folder
+
+
+def _channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 (N, C, H, W) images scaled to [0, 1]."""
+    total = np.zeros(images.shape[1])
+    total_sq = np.zeros(images.shape[1])
+    for start in range(0, len(images), 4096):  # float64 in chunks: exact sums, bounded memory
+        chunk = images[start : start + 4096].astype(np.float64)
+        total += chunk.sum(axis=(0, 2, 3))
+        total_sq += np.square(chunk).sum(axis=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count / 255.0
+    std = np.sqrt(np.maximum(total_sq / count / 255.0**2 - mean**2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _tensor_data(name, train_images, train_labels, test_images, test_labels, class_names) -> TensorData:
+    mean, std = _channel_stats(train_images)
+    return TensorData(
+        name=name,
+        train_images=torch.from_numpy(np.ascontiguousarray(train_images)),
+        train_labels=torch.from_numpy(np.asarray(train_labels, dtype=np.int64)),
+        test_images=torch.from_numpy(np.ascontiguousarray(test_images)),
+        test_labels=torch.from_numpy(np.asarray(test_labels, dtype=np.int64)),
+        num_classes=len(class_names),
+        mean=mean,
+        std=std,
+        class_names=tuple(class_names),
+    )
+
+
+def _check_labels(labels: np.ndarray, count: int, path: Path, folder: _DataFolder) -> None:
+    num_classes = folder.info.num_classes
+    if len(labels) != count:
+        raise folder.error(path, f"holds {len(labels)} labels for {count} images")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise folder.error(path, f"holds labels outside 0..{num_classes - 1}")
+
+
+# --------------------------------------------------------------------------- digits (bundled)
+
+DIGIT_NAMES = tuple(str(d) for d in range(10))
+
+
+def _load_digits(root: Path, download: bool) -> TensorData:
+    """scikit-learn's 8x8 digits (values 0..16 scaled to 0..255), split 1257/540 stratified.
+
+    The data ship with scikit-learn, so ``root`` and ``download`` are not used.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * 255.0 / 16.0).astype(np.uint8)[:, None, :, :]
+    labels = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    return _tensor_data(
+        "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_NAMES
+    )
+
+
+_register(
+    DatasetInfo(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        loader=_load_digits,
+        required=(),
+        recipe="digits",
+        human_noise=False,
+        description="scikit-learn 8x8 handwritten digits (1257 train / 540 test), bundled",
+    )
+)
+
+
+# --------------------------------------------------------------------------- MNIST-like (IDX files)
+
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+FASHION_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
+def _idx_files(folder: str) -> tuple[str, ...]:
+    return tuple(
+        f"{folder}/raw/{split}-{kind}-ubyte.gz"
+        for split in ("train", "t10k")
+        for kind in ("images-idx3", "labels-idx1")
+    )
+
+
+def _read_idx(path: Path, magic: int, folder: _DataFolder) -> np.ndarray:
+    """An IDX file (gzip-compressed or not) as a uint8 array, after checking header and size."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as exc:
+        raise folder.error(path, f"cannot be read ({exc})") from exc
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+        raise folder.error(path, f"is not an IDX file with magic number {magic} (found {found})")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    if len(raw) - header != int(np.prod(shape)):
+        raise folder.error(path, f"has {len(raw) - header} data bytes, its header says {shape}")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+
+
+def _read_idx_split(folder: _DataFolder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_rel, label_rel = (rel for rel in folder.info.required if f"/{split}-" in rel)
+    image_path, label_path = folder.path(image_rel), folder.path(label_rel)
+    images = _read_idx(image_path, IDX_IMAGES_MAGIC, folder)
+    labels = _read_idx(label_path, IDX_LABELS_MAGIC, folder).astype(np.int64)
+    size = folder.info.image_size
+    if images.shape[1:] != (size, size):
+        raise folder.error(image_path, f"holds images of shape {images.shape[1:]}, expected ({size}, {size})")
+    _check_labels(labels, len(images), label_path, folder)
+    return images[:, None, :, :], labels
+
+
+def _load_idx_dataset(name: str, class_names: tuple[str, ...], root: Path, download: bool) -> TensorData:
+    folder = _ensure_available(name, root, download)
+    train_images, train_labels = _read_idx_split(folder, "train")
+    test_images, test_labels = _read_idx_split(folder, "t10k")
+    return _tensor_data(name, train_images, train_labels, test_images, test_labels, class_names)
+
+
+def _download_idx(dataset_class_name: str, root: Path) -> None:
+    """torchvision's MNIST / FashionMNIST downloader (fetches the .gz files into the root)."""
+    import torchvision.datasets
+
+    getattr(torchvision.datasets, dataset_class_name)(str(root), train=True, download=True)
+
+
+for _name, _folder, _names, _text in (
+    ("mnist", "MNIST", DIGIT_NAMES, "MNIST handwritten digits 28x28 (60000 train / 10000 test)"),
+    ("fashion_mnist", "FashionMNIST", FASHION_NAMES, "Fashion-MNIST clothing 28x28 (60000 / 10000)"),
+):
+    _register(
+        DatasetInfo(
+            name=_name,
+            num_classes=10,
+            in_channels=1,
+            image_size=28,
+            loader=functools.partial(_load_idx_dataset, _name, _names),
+            required=_idx_files(_folder),
+            recipe=_name,
+            human_noise=False,
+            description=_text,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR (python pickles)
+
+CIFAR10_NAMES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR100_NAMES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)  # fmt: skip (the fine labels of CIFAR-100, in label order)
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array-reconstruction function
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickles written by numpy < 2
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickles written by numpy >= 2
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays; refuses every other global (no code runs)."""
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
+
+
+def _read_cifar_batch(path: Path, label_key: bytes, folder: _DataFolder) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR python batch: images uint8 (n, 3, 32, 32) and int64 labels."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _ArrayOnlyUnpickler(handle, encoding="bytes").load()
+    except Exception as exc:  # a malformed or hostile pickle can fail in many ways
+        raise folder.error(path, f"is not a readable CIFAR batch ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise folder.error(path, f"is not a CIFAR batch (a dict with b'data' and {label_key!r})")
+    data = batch[b"data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise folder.error(path, "holds b'data' that is not a uint8 array of shape (n, 3072)")
+    labels = np.asarray(batch[label_key], dtype=np.int64)
+    _check_labels(labels, len(data), path, folder)
+    # Each row is the red, then green, then blue 32x32 plane, row-major: exactly (3, 32, 32).
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_files(folder: _DataFolder, files: list[str], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    parts = [_read_cifar_batch(folder.path(rel), label_key, folder) for rel in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    label_key: bytes
+    class_names: tuple[str, ...]
+    torchvision_class: str
+
+
+_CIFAR10 = _CifarLayout(
+    "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels",
+    CIFAR10_NAMES, "CIFAR10",
+)  # fmt: skip
+_CIFAR100 = _CifarLayout("cifar-100-python", ("train",), "test", b"fine_labels", CIFAR100_NAMES, "CIFAR100")
+
+
+def _load_cifar(name: str, layout: _CifarLayout, root: Path, download: bool) -> TensorData:
+    folder = _ensure_available(name, root, download)
+    train_rel = [f"{layout.folder}/{f}" for f in layout.train_files]
+    train_images, train_labels = _read_cifar_files(folder, train_rel, layout.label_key)
+    test_images, test_labels = _read_cifar_files(folder, [f"{layout.folder}/{layout.test_file}"], layout.label_key)
+    return _tensor_data(name, train_images, train_labels, test_images, test_labels, layout.class_names)
+
+
+def _download_cifar(dataset_class_name: str, root: Path) -> None:
+    """Fetch and unpack torchvision's CIFAR archive (md5-checked) without unpickling anything."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    cls = getattr(torchvision.datasets, dataset_class_name)
+    download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+
+
+for _name, _recipe, _layout, _human_file, _text in (
+    ("cifar10", "cifar10", _CIFAR10, None, "CIFAR-10 32x32 colour images (50000 / 10000)"),
+    ("cifar100", "cifar100", _CIFAR100, None, "CIFAR-100 32x32 colour images, 100 fine classes (50000 / 10000)"),
+    ("cifar10n", "cifar10", _CIFAR10, "CIFAR-N/CIFAR-10_human.npz", "CIFAR-10 images; human labels of CIFAR-10N"),
+    ("cifar100n", "cifar100", _CIFAR100, "CIFAR-N/CIFAR-100_human.npz", "CIFAR-100 images; human labels of CIFAR-100N"),
+):
+    _files = tuple(f"{_layout.folder}/{f}" for f in (*_layout.train_files, _layout.test_file))
+    _register(
+        DatasetInfo(
+            name=_name,
+            num_classes=len(_layout.class_names),
+            in_channels=3,
+            image_size=32,
+            loader=functools.partial(_load_cifar, _name, _layout),
+            required=_files + ((_human_file,) if _human_file else ()),
+            recipe=_recipe,
+            human_noise=_human_file is not None,
+            description=_text,
+        )
+    )
+
+_DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "MNIST": functools.partial(_download_idx, "MNIST"),
+    "FashionMNIST": functools.partial(_download_idx, "FashionMNIST"),
+    _CIFAR10.folder: functools.partial(_download_cifar, _CIFAR10.torchvision_class),
+    _CIFAR100.folder: functools.partial(_download_cifar, _CIFAR100.torchvision_class),
+}
+
+
+# --------------------------------------------------------------------------- image folders (streamed)
+
+WEBVISION_CLASSES = 50  # mini-WebVision: the Google images of the first 50 WebVision classes
+CLOTHING1M_NAMES = (
+    "T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
+    "Jacket", "Down Coat", "Suit", "Shawl", "Dress", "Vest", "Underwear",
+)  # fmt: skip
+
+
+class ImageFiles(Dataset):
+    """Image files decoded with PIL, resized (short side ``resize``) and center-cropped.
+
+    ``dataset[i]`` is a uint8 tensor (3, size, size).
+    """
+
+    def __init__(self, paths: list[Path], size: int = STREAM_IMAGE_SIZE, resize: int = STREAM_RESIZE):
+        self.paths = paths
+        self.size = size
+        self.resize = resize
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except OSError as exc:
+            raise UserError(f"{path} cannot be decoded as an image ({exc}); check the dataset files") from exc
+        image = TF.center_crop(TF.resize(image, self.resize), self.size)
+        return TF.pil_to_tensor(image)
+
+
+def _read_list(path: Path, with_label: bool, folder: _DataFolder) -> list[tuple[str, int]] | list[str]:
+    """Lines ``<relative path> <label>`` (or just ``<relative path>``) of a file list."""
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != (2 if with_label else 1) or (with_label and not fields[1].lstrip("-").isdigit()):
+            raise folder.error(path, f"line {number} is not '<path>{' <label>' if with_label else ''}': {line!r}")
+        entries.append((fields[0], int(fields[1])) if with_label else fields[0])
+    return entries
+
+
+def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class_names) -> StreamData:
+    return StreamData(
+        name=name,
+        train=ImageFiles(train_paths),
+        test=ImageFiles(test_paths),
+        train_labels=torch.tensor(train_labels, dtype=torch.int64),
+        test_labels=torch.tensor(test_labels, dtype=torch.int64),
+        num_classes=len(class_names),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=tuple(class_names),
+    )
+
+
+def _load_webvision(root: Path, download: bool) -> StreamData:
+    """mini-WebVision: Google training images and validation images of classes 0..49.
+
+    Training paths in ``info/train_filelist_google.txt`` are relative to ``webvision/`` (the
+    unpacked ``google_resized_256.tar`` gives ``google/q0001/...``); validation paths in
+    ``info/val_filelist.txt`` are relative to ``webvision/val_images_256/``.
+    """
+    folder = _ensure_available("webvision", root, download)
+    base = root / "webvision"
+    splits = []
+    for list_name, image_folder in (("train_filelist_google.txt", base), ("val_filelist.txt", base / "val_images_256")):
+        entries = [(p, y) for p, y in _read_list(base / "info" / list_name, True, folder) if y < WEBVISION_CLASSES]
+        splits.append(([image_folder / p for p, _ in entries], [y for _, y in entries]))
+    (train_paths, train_labels), (test_paths, test_labels) = splits
+    names = tuple(str(c) for c in range(WEBVISION_CLASSES))
+    return _stream_data("webvision", train_paths, train_labels, test_paths, test_labels, names)
+
+
+def _load_clothing1m(root: Path, download: bool) -> StreamData:
+    """Clothing1M: the noisy training keys with their noisy labels, the clean test keys.
+
+    Keys (``images/0/00/....jpg``) are relative to ``clothing1m/``; labels come from
+    ``annotations/noisy_label_kv.txt`` and ``annotations/clean_label_kv.txt``.
+    """
+    folder = _ensure_available("clothing1m", root, download)
+    base = root / "clothing1m"
+    notes = base / "annotations"
+    splits = []
+    for key_list, label_file in (("noisy_train_key_list.txt", "noisy_label_kv.txt"), ("clean_test_key_list.txt", "clean_label_kv.txt")):
+        label_of = dict(_read_list(notes / label_file, True, folder))
+        keys = _read_list(notes / key_list, False, folder)
+        unlabelled = next((k for k in keys if k not in label_of), None)
+        if unlabelled is not None:
+            raise folder.error(notes / label_file, f"has no label for {unlabelled} (listed in {key_list})")
+        splits.append(([base / k for k in keys], [label_of[k] for k in keys]))
+    (train_paths, train_labels), (test_paths, test_labels) = splits
+    return _stream_data("clothing1m", train_paths, train_labels, test_paths, test_labels, CLOTHING1M_NAMES)
+
+
+_register(
+    DatasetInfo(
+        name="webvision",
+        num_classes=WEBVISION_CLASSES,
+        in_channels=3,
+        image_size=STREAM_IMAGE_SIZE,
+        loader=_load_webvision,
+        required=("webvision/info/train_filelist_google.txt", "webvision/info/val_filelist.txt"),
+        recipe="webvision",
+        human_noise=False,
+        description="mini-WebVision (Google images, first 50 classes), real web label noise; streamed",
+    )
+)
+_register(
+    DatasetInfo(
+        name="clothing1m",
+        num_classes=len(CLOTHING1M_NAMES),
+        in_channels=3,
+        image_size=STREAM_IMAGE_SIZE,
+        loader=_load_clothing1m,
+        required=tuple(
+            f"clothing1m/annotations/{f}"
+            for f in ("noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_test_key_list.txt")
+        ),
+        recipe="clothing1m",
+        human_noise=False,
+        description="Clothing1M (14 classes), real label noise in the training set; streamed",
+    )
+)
