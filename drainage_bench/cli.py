@@ -19,8 +19,9 @@ from drainage_bench.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Run, resume and report benchmark sweeps of robust losses under label noise.")
-console = Console()
-err_console = Console(stderr=True)
+# Wide output when piped (logs, CI); the terminal's own width otherwise.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Data folder (else $DRAINAGE_BENCH_DATA, else ./data).")]
 ResultsRoot = Annotated[Path, typer.Option("--results", help="Results root folder.")]
@@ -124,6 +125,116 @@ def train(
     console.print(line if result.status == "ok" else f"[red]{line}[/]\n{result.error}", highlight=False)
     if result.status != "ok":
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def _expand(spec, data_root: str | None, overrides: dict | None = None):
+    """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies."""
+
+    def tuned(config):
+        from drainage_bench.sweeps.search import tuned_params
+
+        return tuned_params(config)
+
+    extra = {**({"data_root": data_root} if data_root else {}), **(overrides or {})}
+    return spec.expand(extra, tuned=tuned)
+
+
+@app.command("sweeps")
+def sweeps_() -> None:
+    """List the named sweeps that ship with drainage-bench, with their trial counts."""
+    from drainage_bench.sweeps.spec import builtin_specs, load_spec
+
+    table = Table("name", "dataset", "trials", "description", box=None)
+    for name in sorted(builtin_specs()):
+        spec = load_spec(name)
+        n = len(spec.losses) * len(spec.noise) * len(spec.seeds)
+        table.add_row(name, spec.dataset, str(n), spec.description)
+    console.print(table)
+
+
+@app.command()
+def sweep(
+    name: Annotated[str, typer.Argument(help="A named sweep (see `drainage-bench sweeps`) or a spec .toml file.")],
+    results: ResultsRoot = Path("results"),
+    data_root: DataRoot = None,
+    set_: SetOpt = None,
+    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")] = None,
+    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option(help="At most this many trials at once.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed trials again.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and what would run; run nothing.")] = False,
+) -> None:
+    """Run (or resume) a sweep: every trial without a record in RESULTS/NAME/ runs on Ray Tune."""
+    import time
+
+    from drainage_bench.analysis.store import ResultsStore
+    from drainage_bench.config import parse_set
+    from drainage_bench.sweeps.spec import load_spec
+    from drainage_bench.sweeps.tune_runner import Progress, Resources, check_resources, plan, run_trials
+    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+
+    spec = load_spec(name)
+    configs = _expand(spec, data_root, parse_set(set_))
+    store = ResultsStore(results, spec.name)
+    todo = plan(configs, store, retry_failed)
+    address = address or os.environ.get("RAY_ADDRESS")
+    res = check_resources(Resources(
+        cpus_per_trial=cpus_per_trial or spec.resources.get("cpus_per_trial", 1),
+        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else spec.resources.get("gpus_per_trial", 0),
+        max_concurrent=max_concurrent or spec.resources.get("max_concurrent")), address, gpus_per_trial is not None)
+    console.print(f"sweep [bold]{spec.name}[/]: {len(todo.configs)} trials, {len(todo.done)} recorded, "
+                  f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
+    if dry_run:
+        table = Table("trial_id", "loss", "noise", "seed", "state", box=None)
+        for c in todo.configs:
+            state = "to run" if c in todo.todo else todo.done.get(c.trial_id, "")
+            table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
+        console.print(table)
+        return
+    if todo.todo and not address:
+        found, detail = dataset_status(spec.dataset, resolve_data_root(data_root))
+        if not found:
+            raise UserError(f"dataset {spec.dataset!r} is not available: {detail}")
+    progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
+    start = time.monotonic()
+    run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
+    after = plan(configs, store)
+    failed = sum(1 for s in after.done.values() if s != "ok")
+    console.print(f"[bold]{spec.name}[/]: {len(after.done)}/{len(after.configs)} trials recorded "
+                  f"({failed} failed), {len(after.todo)} missing, {time.monotonic() - start:.0f}s. "
+                  f"Table: drainage-bench table {spec.name}" + (f" --results {results}" if str(results) != "results" else ""))
+
+
+@app.command()
+def status(
+    name: Annotated[str, typer.Argument(help="A named sweep or a spec .toml file.")],
+    results: ResultsRoot = Path("results"),
+) -> None:
+    """Report a sweep's state from the results store, without running anything."""
+    from collections import Counter
+
+    from drainage_bench.analysis.store import ResultsStore
+    from drainage_bench.sweeps.spec import load_spec
+    from drainage_bench.sweeps.tune_runner import plan
+
+    spec = load_spec(name)
+    store = ResultsStore(results, spec.name)
+    state = plan(_expand(spec, None), store)
+    counts: dict[str, Counter] = {}
+    for c in state.configs:
+        counts.setdefault(c.label or c.loss, Counter())[state.done.get(c.trial_id, "missing")] += 1
+    table = Table("loss", "ok", "failed", "missing", box=None)
+    for loss, n in counts.items():
+        table.add_row(loss, str(n["ok"]), str(n["failed"]), str(n["missing"]))
+    console.print(table)
+    total = Counter(state.done.values())
+    console.print(f"{spec.name}: {total['ok']} ok, {total['failed']} failed, {len(state.todo)} missing "
+                  f"of {len(state.configs)} trials ({store.path})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The listing commands read the registries; `--help` of every command works."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "drainage_bench.cli"]
+
+
+def run(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+
+
+def test_losses_lists_every_registered_loss_with_its_defaults() -> None:
+    from drainage_bench.trainer.losses import LOSSES, loss_defaults
+
+    out = run("losses")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    for name in LOSSES:
+        row = next((line for line in lines if line.split() and line.split()[0] == name), None)
+        assert row is not None, name
+        for param in loss_defaults(name):
+            assert f"{param}=" in row, (name, param)
+
+
+def test_datasets_reports_what_is_found_under_the_data_root(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "DRAINAGE_BENCH_DATA": str(tmp_path)}
+    (tmp_path / "MNIST" / "raw").mkdir(parents=True)
+    out = run("datasets", env=env)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:] if line.split()}
+    assert " yes " in rows["digits"]          # embedded in scikit-learn
+    assert " no " in rows["mnist"] and "train-images" in rows["mnist"]
+    assert " no " in rows["cifar10"]
+
+
+def test_sweeps_lists_the_shipped_specs_with_trial_counts() -> None:
+    out = run("sweeps")
+    assert out.returncode == 0, out.stderr
+    quick = next(line for line in out.stdout.splitlines() if line.startswith("quickstart"))
+    assert quick.split()[1:3] == ["digits", "36"]  # 6 losses x 3 noise settings x 2 seeds

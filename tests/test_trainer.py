@@ -1,0 +1,152 @@
+"""The shared trainer and `drainage-bench train`: determinism, metrics, real data, bad input."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drainage_bench.analysis.store import ResultsStore
+from drainage_bench.config import TrialConfig, build_config, parse_set
+from drainage_bench.errors import UserError
+from drainage_bench.trainer.loop import run_trial, summarize
+from conftest import require_file
+
+CLI = [sys.executable, "-m", "drainage_bench.cli"]
+
+
+def digits(loss: str = "ce", **overrides) -> TrialConfig:
+    return build_config("digits", loss, {"epochs": 3, **overrides})
+
+
+def test_same_config_twice_gives_the_same_numbers_on_the_cpu() -> None:
+    config = digits("drainage", noise="asym", noise_rate=0.4, seed=3)
+    a, b = run_trial(config), run_trial(config)
+    assert a.status == b.status == "ok"
+    keys = [k for k in a.epochs[0] if k != "epoch_seconds"]
+    assert [[e[k] for k in keys] for e in a.epochs] == [[e[k] for k in keys] for e in b.epochs]
+    np.testing.assert_array_equal(a.samples["drainage_prob"], b.samples["drainage_prob"])
+    other = run_trial(config.replace(seed=4))
+    assert other.epochs[-1]["train_loss"] != a.epochs[-1]["train_loss"]
+
+
+def test_trial_id_is_stable_and_ignores_where_it_runs() -> None:
+    config = digits("gce", noise="sym", noise_rate=0.2, seed=1)
+    assert config.trial_id == digits("gce", noise="sym", noise_rate=0.2, seed=1).trial_id
+    assert config.trial_id == config.replace(device="cpu", data_root="/elsewhere", label="x").trial_id
+    assert config.trial_id != config.replace(lr=0.01).trial_id
+    assert config.trial_id.startswith("gce-sym0.2-s1-")
+    assert TrialConfig.from_dict(config.to_dict()) == config
+
+
+def test_recipe_layers_and_overrides() -> None:
+    ce = build_config("mnist", "ce")
+    drain = build_config("mnist", "drainage")
+    assert (ce.model, ce.lr, ce.epochs, ce.weight_decay, ce.l1_delta) == ("cnn4", 0.01, 50, 1e-3, 0.0)
+    assert (drain.weight_decay, drain.l1_delta, drain.params["alpha"]) == (0.0, 1e-3, 1.0)
+    c100 = build_config("cifar100n", "drainage")
+    assert (c100.model, c100.lr, c100.params["alpha"], c100.params["beta"]) == ("resnet34", 0.01, 0.1, 10.0)
+    assert build_config("cifar100", "ce").lr == 0.1
+    tweaked = build_config("mnist", "drainage", parse_set(["alpha=2", "loss.beta=0.5", "lr=0.1", "schedule=step",
+                                                           "step_size=10"]))
+    assert (tweaked.params["alpha"], tweaked.params["beta"], tweaked.lr, tweaked.schedule) == (2, 0.5, 0.1, "step")
+    with pytest.raises(UserError, match="unknown setting 'colour'"):
+        build_config("mnist", "ce", {"colour": 1})
+    with pytest.raises(UserError, match="epochs"):
+        build_config("mnist", "ce", {"epochs": 0})
+    with pytest.raises(UserError, match="noise_rate|rate"):
+        build_config("mnist", "ce", {"noise": "sym", "noise_rate": 1.0})
+
+
+def test_metrics_of_a_noisy_drainage_run_are_consistent() -> None:
+    result = run_trial(digits("drainage", noise="asym", noise_rate=0.4, epochs=4))
+    assert result.status == "ok" and len(result.epochs) == 4
+    last = result.epochs[-1]
+    for key in ("train_acc_noisy", "train_acc_clean", "test_acc", "drainage_share_clean", "drainage_share_noisy"):
+        assert 0.0 <= last[key] <= 1.0, key
+    assert math.isnan(last["val_acc"])  # no split asked for
+    assert 0.1 < result.realized_noise_rate < 0.3  # asym 0.4 flips 4 of 10 classes at 40%
+    assert result.samples["drainage_prob"].shape == result.samples["is_noisy"].shape
+    assert result.samples["is_noisy"].mean() == pytest.approx(result.realized_noise_rate)
+    record = result.record()
+    assert record["final_test_acc"] == last["test_acc"]
+    assert record["loss_display"] == "Drainage" and record["status"] == "ok"
+
+
+def test_best_validation_epoch_never_uses_the_test_set() -> None:
+    epochs = [
+        {"epoch": 1, "val_acc": 0.5, "test_acc": 0.9},
+        {"epoch": 2, "val_acc": 0.8, "test_acc": 0.6},
+        {"epoch": 3, "val_acc": 0.7, "test_acc": 0.95},
+    ]
+    s = summarize(epochs)
+    assert (s["best_val_epoch"], s["best_val_acc"], s["test_acc_at_best_val"]) == (2, 0.8, 0.6)
+    assert s["final_test_acc"] == 0.95
+
+
+def test_the_80_20_split_trains_on_80_percent_and_validates() -> None:
+    result = run_trial(digits("ce", noise="asym", noise_rate=0.4, val_fraction=0.2))
+    assert result.status == "ok"
+    assert all(not math.isnan(e["val_acc"]) for e in result.epochs)
+    assert result.summary["best_val_epoch"] >= 1
+
+
+def test_a_diverging_trial_is_failed_not_raised() -> None:
+    result = run_trial(digits("ce", lr=1e12, grad_clip=0.0))
+    assert result.status == "failed" and "Diverged" in result.error
+
+
+def test_train_cli_writes_records_atomically(tmp_path: Path) -> None:
+    out = subprocess.run([*CLI, "train", "--dataset", "digits", "--loss", "drainage", "--noise", "asym:0.2",
+                          "--epochs", "2", "--results", "res"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    store = ResultsStore(tmp_path / "res", "train")
+    trials = store.trials()
+    assert len(trials) == 1 and trials.iloc[0]["status"] == "ok"
+    assert len(store.epochs()) == 2 and len(store.samples()) == 1257
+    assert not list((tmp_path / "res").rglob("*.tmp"))
+    assert "epoch   2/2" in out.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--loss", "xent"], "unknown loss 'xent'"),
+    (["--set", "colour=red"], "unknown setting 'colour'"),
+    (["--set", "lr"], "malformed"),
+    (["--noise", "asym:1.5"], "1.5"),
+    (["--noise", "wobbly:0.2"], "wobbly"),
+    (["--dataset", "mnist", "--data-root", "does-not-exist"], "does-not-exist"),
+    (["--dataset", "cifar10", "--data-root", "."], "cifar-10-batches-py"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
+    out = subprocess.run([*CLI, "train", "--epochs", "1", "--results", "res", *args], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "res").exists()
+
+
+@pytest.mark.slow
+def test_mnist_ce_clean_reaches_98_percent_in_3_epochs(data_root: Path) -> None:
+    require_file(data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz")
+    result = run_trial(build_config("mnist", "ce", {"epochs": 3, "data_root": str(data_root)}))
+    assert result.status == "ok"
+    assert result.summary["final_test_acc"] >= 0.98, result.epochs
+
+
+@pytest.mark.slow
+def test_mnist_asym_drainage_records_drainage_shares(data_root: Path, tmp_path: Path) -> None:
+    require_file(data_root / "MNIST" / "raw" / "train-images-idx3-ubyte.gz")
+    config = build_config("mnist", "drainage", {"epochs": 1, "noise": "asym", "noise_rate": 0.4,
+                                                "data_root": str(data_root)})
+    result = run_trial(config)
+    assert result.status == "ok"
+    assert result.realized_noise_rate == pytest.approx(0.4 * (6265 + 5958 + 5421 + 5918 + 6131) / 60000, abs=1e-4)
+    store = ResultsStore(tmp_path, "mnist")
+    store.write_trial(result.record(), result.epochs, result.samples)
+    row = store.trials().iloc[0]
+    assert 0 <= row["final_drainage_share_clean"] <= 1 and 0 <= row["final_drainage_share_noisy"] <= 1
+    assert len(store.samples()) == 60000
