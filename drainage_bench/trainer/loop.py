@@ -168,8 +168,11 @@ class Prepared:
     image_size: int
 
 
-def prepare(config: TrialConfig, device: torch.device) -> Prepared:
-    """Load the data, apply the noise, split 80/20 if asked, and move it to the device."""
+def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = True) -> Prepared:
+    """Load the data, apply the noise, split 80/20 if asked, and move it to the device.
+
+    Without `evaluate_test` the test split is left out of the evaluations (the Optuna search).
+    """
     root = resolve_data_root(config.data_root)
     data = load_dataset(config.dataset, root)
     info = DATASETS[config.dataset]
@@ -195,9 +198,11 @@ def prepare(config: TrialConfig, device: torch.device) -> Prepared:
 
     is_tensor = isinstance(data, TensorData)
     train_src = batches(data.train_images if is_tensor else None, None if is_tensor else data.train, train_idx)
-    n_test = len(data.test_labels)
-    evals = {"test": (batches(data.test_images if is_tensor else None, None if is_tensor else data.test,
-                              np.arange(n_test)), data.test_labels.to(device), n_test)}
+    evals = {}
+    if evaluate_test:
+        n_test = len(data.test_labels)
+        evals["test"] = (batches(data.test_images if is_tensor else None, None if is_tensor else data.test,
+                                 np.arange(n_test)), data.test_labels.to(device), n_test)
     if len(val_idx):
         val_labels = noisy.labels if config.val_labels == "noisy" else data.train_labels
         evals["val"] = (batches(data.train_images if is_tensor else None, None if is_tensor else data.train, val_idx),
@@ -245,12 +250,16 @@ class _CallbackError(Exception):
     """Carries an exception raised by on_epoch through run_trial's failure handling."""
 
 
-def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None) -> TrialResult:
-    """Train one trial. Failures become ``status="failed"``; UserError and on_epoch's errors raise."""
+def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_test: bool = True) -> TrialResult:
+    """Train one trial. Failures become ``status="failed"``; UserError and on_epoch's errors raise.
+
+    ``evaluate_test=False`` never evaluates on the test split (``test_acc`` stays NaN): the Optuna
+    search scores on the validation part only.
+    """
     start = time.perf_counter()
     seed_everything(config.seed)
     device = pick_device(config.device)
-    prepared = prepare(config, device)  # UserError (bad data) propagates
+    prepared = prepare(config, device, evaluate_test)  # UserError (bad data) propagates
     epochs: list[dict[str, Any]] = []
     result = TrialResult(config=config, status="ok", epochs=epochs, device=str(device),
                          realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0)
