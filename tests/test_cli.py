@@ -41,5 +41,5 @@ def test_datasets_reports_what_is_found_under_the_data_root(tmp_path: Path) -> N
 def test_sweeps_lists_the_shipped_specs_with_trial_counts() -> None:
     out = run("sweeps")
     assert out.returncode == 0, out.stderr
-    quick = next(line for line in out.stdout.splitlines() if line.startswith("quickstart"))
+    quick = next(line.strip() for line in out.stdout.splitlines() if line.split()[:1] == ["quickstart"])
     assert quick.split()[1:3] == ["digits", "36"]  # 6 losses x 3 noise settings x 2 seeds

@@ -163,22 +163,32 @@ def _hms(seconds: float) -> str:
 def _progress_callback(progress: Progress):
     from ray import tune
 
-    class _Callback(tune.Callback):
+    class ProgressCallback(tune.Callback):
+        """Feeds trial starts and ends to `progress` (on the driver)."""
+
+        def __init__(self, progress: Progress) -> None:
+            self.progress = progress
+
+        # Tune pickles its run config for its own restore, which this runner does not use; the
+        # progress (a console, a lock) stays on the driver.
+        def __getstate__(self):
+            return {"progress": None}
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            progress.running += 1
+            self.progress.running += 1
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            progress.running -= 1
-            progress.trial_ended(trial.config["case"]["trial_id"])
+            self.progress.running -= 1
+            self.progress.trial_ended(trial.config["case"]["trial_id"])
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            progress.running -= 1
+            self.progress.running -= 1
             config = TrialConfig.from_dict(trial.config["case"]["trial"])
-            if not progress.store.trial_path(config.trial_id).exists():
-                write_failed(progress.store, config, f"the Ray worker died: {trial.error_file or 'no error file'}")
-            progress.trial_ended(config.trial_id)
+            if not self.progress.store.trial_path(config.trial_id).exists():
+                write_failed(self.progress.store, config, f"the Ray worker died: {trial.error_file or 'no error file'}")
+            self.progress.trial_ended(config.trial_id)
 
-    return _Callback()
+    return ProgressCallback(progress)
 
 
 # ---------------------------------------------------------------------------------------------
