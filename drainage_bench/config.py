@@ -60,6 +60,7 @@ class TrialConfig:
     split_seed: int = 0
     eval_every: int = 1
     drainage_logit: float | None = None
+    amp: bool = True
     # Not part of the trial's identity (see NOT_HASHED): where and how it runs, how it is shown.
     device: str = "auto"
     data_root: str | None = None
@@ -151,6 +152,7 @@ def _validate(c: TrialConfig) -> None:
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, did_you_mean(c.optimizer, OPTIMIZERS))
     _check(c.schedule in SCHEDULES, "schedule", c.schedule, did_you_mean(c.schedule, SCHEDULES))
     _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
+    _check(isinstance(c.amp, bool), "amp", c.amp, "true or false (bf16 autocast on CUDA)")
     _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
     for name in ("lr",):
         _check(_finite(getattr(c, name)) and getattr(c, name) > 0, name, getattr(c, name), "a number > 0")

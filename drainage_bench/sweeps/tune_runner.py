@@ -196,7 +196,7 @@ def _progress_callback(progress: Progress):
 
 
 def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resources, *, progress: Progress,
-               address: str | None = None, retry_failed: bool = False) -> None:
+               address: str | None = None, retry_failed: bool = False, reuse_actors: bool = True) -> None:
     """Run `todo` as one Tune experiment under ``<store>/ray/``."""
     import ray
     from ray import tune
@@ -225,7 +225,7 @@ def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resource
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=reuse_actors,
                                     trial_name_creator=name, trial_dirname_creator=name),
         run_config=tune.RunConfig(
             name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=str(store.path.resolve() / "ray"),

@@ -286,6 +286,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
     model = make_model(config.model, p.num_classes, p.in_channels, p.image_size,
                        extra_outputs=loss_cls.extra_outputs, drainage_logit=config.drainage_logit).to(device)
     cuda = device.type == "cuda"
+    amp = cuda and config.amp
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
@@ -303,7 +304,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
         return x.contiguous(memory_format=torch.channels_last) if cuda else x
 
     def forward(images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             return model(inputs(images, train)).float()
 
     for epoch in range(1, config.epochs + 1):
