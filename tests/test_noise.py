@@ -177,6 +177,24 @@ def test_sym_0_8_matches_the_formula_and_never_flips_to_the_true_class():
     assert np.abs(np.diag(noisy.transition.numpy()) - 0.2).max() < 0.025
 
 
+def test_sym_flips_exactly_floor_rate_times_class_size_per_class():
+    # as the reference codes do: a count per class, not an independent coin per sample
+    counts = [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]  # unbalanced on purpose
+    clean = np.repeat(np.arange(10), counts)
+    noisy = make_noisy_labels(clean, "sym", 0.3, 10, seed=4)
+    flipped = np.bincount(clean[noisy.is_noisy.numpy()], minlength=10)
+    # floor(0.3 * n): 3, 3, 3, 3, 4, 4, 4, 5, 5, 5 (0.3 * 10 = 3 exactly)
+    assert flipped.tolist() == [3, 3, 3, 3, 4, 4, 4, 5, 5, 5]
+    assert noisy.realized_rate == pytest.approx(39 / 145)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sym_0_8_on_balanced_cifar10_sized_labels_is_exactly_0_8(seed):
+    noisy = make_noisy_labels(balanced(10, 5000), "sym", 0.8, 10, seed=seed)
+    assert noisy.realized_rate == 0.8  # floor(0.8 * 5000) = 4000 in every class
+    np.testing.assert_array_equal(np.diag(noisy.transition.numpy()), 0.2)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     classes=st.integers(2, 12),
@@ -194,6 +212,8 @@ def test_sym_property_flags_rows_and_rate_are_consistent(classes, data, rate, se
     assert noisy.realized_rate == pytest.approx(np.mean(labels != clean))
     np.testing.assert_allclose(noisy.transition.sum(dim=1).numpy(), 1.0)
     counts = np.bincount(clean, minlength=classes)
+    flipped = np.bincount(clean[labels != clean], minlength=classes)
+    np.testing.assert_array_equal(flipped, [math.floor(rate * n + 1e-9) for n in counts])
     for label in np.flatnonzero(counts == 0):  # classes without samples: identity rows
         np.testing.assert_array_equal(noisy.transition[label].numpy(), np.eye(classes)[label])
 
