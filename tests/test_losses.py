@@ -261,6 +261,24 @@ def test_hand_worked_values(name, params, row, expected):
     assert got == pytest.approx(expected, rel=1e-12)
 
 
+# Rows with probabilities below min_prob = 1e-7, where NNCE / NNFL clamp. Without the clamp
+# u_k = A + log p_k would go negative; with it a clamped target gives u_y = 0 and FL_y = A'.
+TINY_PROBS = np.array([[1e-10, 0.5, 0.5 - 1e-10],
+                       [1 - 2e-9, 1e-9, 1e-9]])
+TINY_LABELS = np.array([0, 0])
+
+
+@pytest.mark.parametrize("name, params", [("anl_ce", {}), ("anl_fl", {"gamma": 0.5}),
+                                          ("anl_fl", {"gamma": 2.0})])
+def test_negative_losses_clamp_probabilities_below_min_prob(name, params):
+    got = per_sample(name, TINY_PROBS, TINY_LABELS, alpha=0.0, beta=1.0, **params)
+    # Row 0: the target is clamped, u_y = 0 (NNCE) and FL_y = A' (NNFL): the loss is 1.
+    # Row 1: p_y ~ 1, the others clamped: u = [A, 0, 0] and FL = [~0, A', A']: the loss is ~0.
+    np.testing.assert_allclose(got, [1.0, 0.0], atol=1e-8)
+    negative = ref_nnce if name == "anl_ce" else lambda P, y: ref_nnfl(P, y, params["gamma"])
+    np.testing.assert_allclose(got, negative(TINY_PROBS, TINY_LABELS), rtol=1e-10, atol=1e-12)
+
+
 def test_drainage_hand_values():
     # Four equal outputs: p_t = p_d = 1/4, p_J = 1/2.
     equal = torch.zeros(1, 4)
@@ -367,6 +385,33 @@ def test_focal_weight_is_a_constant(name, normalized):
     live = gradient(lambda z: focal_reference(z, labels, 2.0, normalized, False), logits)
     torch.testing.assert_close(ours, constant, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(ours, live, rtol=1e-3)  # the check can tell the two apart
+
+
+def nnfl_reference(logits, labels, gamma, weight_is_constant):
+    """NNFL, log p clamped at log min_prob; a constant weight (1 - p_k)^gamma is made in numpy."""
+    log_p = F.log_softmax(logits, dim=1).clamp(min=math.log(MIN_PROB))
+    if weight_is_constant:
+        weights = torch.tensor((1 - np.exp(log_p.detach().numpy())) ** gamma)
+    else:
+        weights = (1 - log_p.exp()) ** gamma
+    terms = -weights * log_p
+    top = -((1 - MIN_PROB) ** gamma) * math.log(MIN_PROB)
+    picked = terms.gather(1, labels[:, None]).squeeze(1)
+    return (1 - (top - picked) / (logits.shape[1] * top - terms.sum(dim=1))).mean()
+
+
+def test_negative_focal_weight_is_a_constant():
+    # Ye et al.'s NormalizedNegativeFocalLoss takes the weights from logpt.data, as NFL does.
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 4, generator=generator, dtype=torch.float64) * 2
+    labels = torch.randint(0, 4, (6,), generator=generator)
+    loss = make_loss("anl_fl", 4, alpha=0.0, beta=1.0, gamma=2.0)
+
+    ours = gradient(lambda z: loss(z, labels), logits)
+    constant = gradient(lambda z: nnfl_reference(z, labels, 2.0, True), logits)
+    live = gradient(lambda z: nnfl_reference(z, labels, 2.0, False), logits)
+    torch.testing.assert_close(ours, constant, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(ours, live, rtol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

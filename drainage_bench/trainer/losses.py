@@ -11,6 +11,14 @@ Notation: ``z`` the logits of one sample, ``p = softmax(z)`` over the C classes,
 module returns their batch mean (``reduction="mean"``) or the values themselves
 (``reduction="none"``).
 
+Deliberate deviation from the reference code (Ma et al. 2020, Ye et al. 2023): where it clamps
+p at 1e-7 only to keep log 0 and 0^q away (GCE's p_y^q, the p_k in RCE, the entropy term of
+ANL-CE-ER, the upper clamp 1 - 1e-7 in its NNCE), the value here is computed exactly in log
+space. They differ only where a probability is below 1e-7 (or above 1 - 1e-7), by at most
+(1e-7)^q / q for GCE (2e-5 at q = 0.7) and 9.2e-7 (C - 1) for RCE; there the reference's
+gradient is 0 and ours is small. The clamps that are part of a formula (NNCE, NNFL: min_prob)
+are kept exactly.
+
 A loss whose model needs extra output columns says so in ``extra_outputs`` (the drainage loss:
 1, the last column is the drainage logit). An L1 weight penalty, where a recipe asks for one,
 is the trainer's business and is not part of any loss here.
@@ -548,7 +556,8 @@ class ANLCE(WeightedPair):
     """Active negative loss ANL-CE = alpha NCE + beta NNCE.
 
     NNCE = 1 - u_y / sum_k u_k with u_k = A + log max(p_k, min_prob), A = -log min_prob,
-    min_prob = 1e-7. The paper's L1 weight penalty (delta) belongs to the trainer. Ye et al.,
+    min_prob = 1e-7. The paper's L1 weight penalty (delta) belongs to the trainer. The defaults
+    alpha = beta = 1 are ours; the reference CIFAR-10 config uses alpha = beta = 5. Ye et al.,
     "Active negative loss functions for learning with noisy labels", NeurIPS 2023.
     """
 
@@ -568,7 +577,9 @@ class ANLFL(WeightedPair):
 
     NNFL = 1 - (A' - FL_y) / (C A' - sum_k FL_k), FL_k = -(1 - p_k)^gamma log p_k with log p_k
     clamped below at log min_prob, A' = -(1 - min_prob)^gamma log min_prob, min_prob = 1e-7.
-    Ye et al., "Active negative loss functions for learning with noisy labels", NeurIPS 2023.
+    The defaults alpha = beta = 1 are ours; the reference CIFAR-10 config uses alpha = beta = 5
+    (gamma = 0.5). Ye et al., "Active negative loss functions for learning with noisy labels",
+    NeurIPS 2023.
     """
 
     display = "ANL-FL"
