@@ -1,0 +1,262 @@
+"""Figures from the results store (matplotlib, Agg backend), written as PNG and PDF.
+
+- `accuracy_vs_noise`: the metric against the noise rate, one panel per noise type with rates
+  (the clean column is the point at 0%), one line per loss: the mean over seeds, with a band of
+  ± one sample standard deviation (ddof = 1).
+- `learning_curves`: for one noise setting, one panel per loss: test accuracy, training accuracy
+  against the clean labels and against the noisy labels trained on, and the share of mislabeled
+  training samples predicted as their wrong label (memorisation), per epoch, mean over seeds.
+- `drainage_histograms`: for drainage runs, the distribution of the drainage probability at the
+  end of training for clean vs mislabeled training samples (pooled over seeds, each group
+  normalised to 100%).
+
+Every function takes a `tables.Selection` and returns a matplotlib Figure (or None when the
+selection has nothing to draw); `write_figure` saves it.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from drainage_bench.analysis.tables import Column, Metric, Selection, aggregate, get_metric  # noqa: E402
+from drainage_bench.errors import UserError, did_you_mean  # noqa: E402
+
+RATED = ("sym", "asym", "instance")
+CURVES = (  # epoch column, legend label, line style
+    ("test_acc", "test accuracy", "-"),
+    ("train_acc_clean", "train accuracy vs clean labels", "--"),
+    ("train_acc_noisy", "train accuracy vs noisy labels (trained on)", ":"),
+    ("memorized", "mislabeled samples fit to their wrong label", "-."),
+)
+CURVE_COLORS = ("black", "tab:blue", "tab:orange", "tab:red")
+
+
+def loss_colors(rows: list[str]) -> dict[str, tuple]:
+    """One colour per loss, the same in every figure of a selection."""
+    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    return {row: cmap(i % cmap.N) for i, row in enumerate(rows)}
+
+
+def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy against noise rate
+
+
+def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) -> Figure | None:
+    """One panel per (dataset, rated noise type); x: noise rate (%), y: the metric (%)."""
+    data = aggregate(selection, metric)
+    panels = list(dict.fromkeys((c.dataset, c.noise) for c in data.columns if c.noise in RATED))
+    if not panels:
+        return None
+    colors = loss_colors(data.rows)
+    several = len({d for d, _ in panels}) > 1
+    fig, axes = _grid(len(panels), 3, (4.6, 3.6))
+    for ax, (dataset, noise) in zip(axes.flat, panels):
+        cols = [c for c in data.columns if c.dataset == dataset and (c.noise == noise or c.noise == "none")]
+        cols.sort(key=lambda c: c.rate)
+        for row in data.rows:
+            x, mean, std = _series(data.cells, row, cols)
+            if not len(x):
+                continue
+            ax.plot(x, mean, marker="o", ms=4, color=colors[row], label=row)
+            ax.fill_between(x, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=colors[row],
+                            alpha=0.15, linewidth=0)
+        ax.set_title(f"{dataset}: {Column(dataset, noise, 0.0, None).group.lower()} noise" if several
+                     else f"{Column(dataset, noise, 0.0, None).group} noise")
+        ax.set_xlabel("noise rate (%)")
+        ax.set_ylabel(f"{data.metric.title} (%)")
+        ax.set_xticks([100 * c.rate for c in cols])
+        ax.grid(alpha=0.3)
+    _legend(fig, axes.flat, title="loss")
+    fig.suptitle(f"{data.metric.title}: mean ± std over seeds ({_seeds(data.cells)}) — {', '.join(data.sweeps)}",
+                 fontsize=10)
+    return fig
+
+
+def _series(cells: pd.DataFrame, row: str, cols: list[Column]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (rate %), mean (%), std (%) of the cells of one row that have a value."""
+    points = [(100 * c.rate, cells.loc[(row, c.id)]) for c in cols if cells.loc[(row, c.id), "n"] > 0]
+    x = np.array([p for p, _ in points], dtype=float)
+    mean = np.array([100 * cell["mean"] for _, cell in points], dtype=float)
+    std = np.array([100 * cell["std"] for _, cell in points], dtype=float)
+    return x, mean, std
+
+
+def _seeds(cells: pd.DataFrame) -> str:
+    counts = sorted(set(cells.loc[cells["n"] > 0, "n"].astype(int)))
+    if not counts:
+        return "no seeds"
+    return f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}"
+
+
+def _legend(fig: Figure, axes, title: str | None, where: str = "right") -> None:
+    """One legend for the figure, outside the panels: the union of the panels' entries."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    loc, ncol = ("outside right center", 1) if where == "right" else ("outside lower center", 2)
+    fig.legend(list(entries.values()), list(entries), title=title, loc=loc, ncol=ncol, frameon=False, fontsize=9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning curves
+
+
+def pick_setting(selection: Selection, setting: str | None) -> Column:
+    """The column named by `setting` (``asym0.4``, ``clean``, ``human-worse_label``, or
+    ``dataset:tag``); by default the noisiest setting with rates, else the first column."""
+    columns = list(selection.columns.values())
+    if setting is None:
+        rated = [c for c in columns if c.noise in RATED]
+        if rated:
+            return max(rated, key=lambda c: c.rate)
+        noisy = [c for c in columns if c.noise != "none"]
+        return (noisy or columns)[0]
+    matches = [c for c in columns if setting in (c.id, c.tag)]
+    if not matches:
+        raise UserError(f"--setting {setting!r} is not in the selected trials; "
+                        + did_you_mean(setting, sorted({c.tag for c in columns})))
+    if len(matches) > 1:
+        raise UserError(f"--setting {setting!r} names a setting of several datasets; "
+                        "say which: " + ", ".join(c.id for c in matches))
+    return matches[0]
+
+
+def learning_curves(selection: Selection, setting: str | None = None) -> Figure | None:
+    """One panel per loss: accuracy curves and memorisation per epoch, mean over seeds."""
+    column = pick_setting(selection, setting)
+    ok = selection.ok[selection.ok["column"] == column.id]
+    epochs = selection.epochs(ok["trial_id"])
+    if epochs.empty:
+        return None
+    epochs = epochs.merge(ok[["trial_id", "row"]], on="trial_id")
+    rows = [r for r in selection.row_order if r in set(epochs["row"])]
+    fig, axes = _grid(len(rows), 3, (4.4, 3.3))
+    for ax, row in zip(axes.flat, rows):
+        part = epochs[epochs["row"] == row]
+        seeds = part["trial_id"].nunique()
+        for (key, label, style), color in zip(CURVES, CURVE_COLORS):
+            if key not in part or part[key].isna().all():
+                continue
+            stats = part.groupby("epoch")[key].agg(["mean", "std"]).dropna(subset=["mean"])
+            x, mean, std = stats.index.to_numpy(), 100 * stats["mean"].to_numpy(), 100 * stats["std"].to_numpy()
+            ax.plot(x, mean, style, color=color, label=label, lw=1.6)
+            ax.fill_between(x, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=color, alpha=0.12,
+                            linewidth=0)
+        ax.set_title(f"{row} ({seeds} seed{'s' if seeds != 1 else ''})")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("%")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    _legend(fig, axes.flat, title=None, where="below")
+    fig.suptitle(f"Learning curves, {column.dataset}, {_setting_name(column)}: mean ± std over seeds "
+                 f"— {', '.join(sorted(set(ok['sweep'])))}", fontsize=10)
+    return fig
+
+
+def _setting_name(column: Column) -> str:
+    if column.noise == "none":
+        return "clean labels"
+    if column.noise == "human":
+        return f"human noise ({column.label})"
+    return f"{column.group.lower()} noise {column.label}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Drainage probabilities
+
+
+def drainage_histograms(selection: Selection, setting: str | None = None, bins: int = 25) -> Figure | None:
+    """One panel per (drainage loss, noisy setting): drainage probability of clean vs mislabeled
+    training samples at the end of training, pooled over seeds."""
+    ok = selection.ok
+    if setting is not None:
+        ok = ok[ok["column"] == pick_setting(selection, setting).id]
+    ok = ok[ok["noise"] != "none"]
+    samples = selection.samples(ok["trial_id"])
+    if samples.empty:
+        return None
+    samples = samples.merge(ok[["trial_id", "row", "column"]], on="trial_id")
+    columns = [c for c in selection.columns.values() if c.id in set(samples["column"])]
+    panels = [(r, c) for r in selection.row_order for c in columns
+              if ((samples["row"] == r) & (samples["column"] == c.id)).any()]
+    fig, axes = _grid(len(panels), 3, (4.2, 3.2))
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, (row, column) in zip(axes.flat, panels):
+        part = samples[(samples["row"] == row) & (samples["column"] == column.id)]
+        for noisy, label, color in ((False, "clean labels", "tab:blue"), (True, "mislabeled", "tab:red")):
+            probs = part.loc[part["is_noisy"].astype(bool) == noisy, "drainage_prob"].to_numpy(dtype=float)
+            if len(probs):
+                ax.hist(probs, bins=edges, weights=np.full(len(probs), 100 / len(probs)), color=color,
+                        alpha=0.55, label=f"{label} (n = {len(probs)})", histtype="stepfilled", edgecolor=color)
+        seeds = part["trial_id"].nunique()
+        ax.set_title(f"{row}, {column.dataset}, {_setting_name(column)}, {seeds} seed{'s' * (seeds != 1)}",
+                     fontsize=9)
+        ax.set_xlabel("drainage probability")
+        ax.set_ylabel("% of the group's samples")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8, frameon=False)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Drainage probability of the training samples at the end of training (seeds pooled) "
+                 f"— {', '.join(sorted(set(ok['sweep'])))}", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
+    """Save `fig` as ``stem.png`` (150 dpi) and ``stem.pdf``; close it; return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def default_out_dir(root: str | Path, sweeps: list[str]) -> Path:
+    """``<root>/<sweep>/figures`` for one sweep, ``<root>/figures/<a>+<b>`` for several."""
+    return Path(root) / sweeps[0] / "figures" if len(sweeps) == 1 else Path(root) / "figures" / "+".join(sweeps)
+
+
+def make_figures(selection: Selection, out_dir: str | Path, metric: str | None = None,
+                 setting: str | None = None) -> tuple[list[Path], list[str]]:
+    """Every figure the selection allows: (files written, notes on figures left out)."""
+    metric_ = get_metric(metric or selection.metric)
+    column = pick_setting(selection, setting)
+    figures = {
+        f"{metric_.name}_vs_noise": (accuracy_vs_noise(selection, metric_), "no noise type with rates"),
+        f"learning_curves_{column.tag}": (learning_curves(selection, column.id), "no per-epoch records"),
+        "drainage_probability": (drainage_histograms(selection, setting),
+                                 "no drainage run with per-sample records under noise"),
+    }
+    paths, notes = [], []
+    for stem, (fig, why) in figures.items():
+        if fig is None:
+            notes.append(f"{stem}: not drawn ({why})")
+        else:
+            paths += write_figure(fig, out_dir, stem)
+    return paths, notes

@@ -1,0 +1,684 @@
+"""Paper tables from the results store: one row per loss, one column per noise setting.
+
+The table is a small pandas pipeline:
+
+    load_selection(root, sweeps, where, losses)   the trial records (+ the expected trials of a
+                                                   known sweep spec, to count the missing ones)
+      -> aggregate(selection, metric)              TableData: mean / std / n per (row, column),
+                                                   ranks, realized noise rate per column
+      -> format_table(data, fmt)                   terminal | markdown | latex | csv | json
+
+Cells are ``mean ± std`` over seeds, in percent; std is the *sample* standard deviation
+(ddof = 1), and a cell with a single seed shows its mean alone. The best mean of a column
+(after rounding to the digits shown) is marked as best, the next distinct value as second best.
+Missing trials (expected by the spec but without a record: running or not started), failed
+trials and cells where the metric does not apply are shown, counted and explained in footnotes;
+they are never averaged away.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from drainage_bench.analysis.store import ResultsStore, list_sweeps
+from drainage_bench.errors import UserError, did_you_mean
+
+DIGITS = 2  # decimals of the percentages shown
+FORMATS = ("terminal", "markdown", "latex", "csv", "json")
+SUFFIX_FORMATS = {".md": "markdown", ".tex": "latex", ".csv": "csv", ".json": "json", ".txt": "terminal"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    column: str           # the trial-record column
+    title: str
+    higher_is_better: bool = True
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("final_test_acc", "final_test_acc", "final test accuracy"),
+    Metric("test_acc_at_best_val", "test_acc_at_best_val", "test accuracy at the best validation epoch"),
+    Metric("best_val_acc", "best_val_acc", "best validation accuracy"),
+    Metric("final_val_acc", "final_val_acc", "final validation accuracy"),
+    Metric("drainage_clean", "final_drainage_share_clean",
+           "share of clean training samples drained", higher_is_better=False),
+    Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained"),
+)}
+# The names sweep specs use for the same metrics.
+METRIC_ALIASES = {"final_drainage_share_clean": "drainage_clean", "final_drainage_share_noisy": "drainage_noisy"}
+
+NOISE_ORDER = ("none", "sym", "asym", "instance", "human")
+NOISE_GROUPS = {"none": "Clean", "sym": "Symmetric", "asym": "Asymmetric",
+                "instance": "Instance-dependent", "human": "Human"}
+# Record columns that --where may filter on, besides the TrialConfig fields.
+WHERE_EXTRA = ("sweep", "trial_id", "loss_display")
+
+
+def get_metric(name: str) -> Metric:
+    name = METRIC_ALIASES.get(name, name)
+    if name not in METRICS:
+        raise UserError(f"unknown metric {name!r}; " + did_you_mean(name, METRICS))
+    return METRICS[name]
+
+
+def noise_tag(noise: str, rate: float, key: str | None) -> str:
+    """The same compact name as ``TrialConfig.noise_tag``: clean, asym0.4, human-worse_label."""
+    if noise == "none":
+        return "clean"
+    if noise == "human":
+        return f"human-{key or 'default'}"
+    return f"{noise}{rate:g}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One noise setting of one dataset: a column of the table."""
+
+    dataset: str
+    noise: str
+    rate: float
+    key: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}:{noise_tag(self.noise, self.rate, self.key)}"
+
+    @property
+    def tag(self) -> str:
+        return noise_tag(self.noise, self.rate, self.key)
+
+    @property
+    def group(self) -> str:
+        return NOISE_GROUPS.get(self.noise, self.noise)
+
+    @property
+    def label(self) -> str:
+        """The sub-header under the group: 40%, worse_label (empty for clean)."""
+        if self.noise == "none":
+            return ""
+        if self.noise == "human":
+            return self.key or "default"
+        return f"{100 * self.rate:g}%"
+
+    def sort_key(self, dataset_order: list[str]) -> tuple:
+        kind = NOISE_ORDER.index(self.noise) if self.noise in NOISE_ORDER else len(NOISE_ORDER)
+        return (dataset_order.index(self.dataset), kind, self.noise, self.rate, self.key or "")
+
+
+def _column_of(row) -> Column:
+    key = row["noise_key"]
+    key = None if key is None or (isinstance(key, float) and math.isnan(key)) else str(key)
+    return Column(str(row["dataset"]), str(row["noise"]), float(row["noise_rate"]), key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Selecting the trials
+
+
+@dataclass
+class Selection:
+    """The trial records of some sweeps after filtering, and what was expected of them."""
+
+    root: Path
+    sweeps: list[str]
+    trials: pd.DataFrame                  # records, with `row` (table row) and `column` (Column.id)
+    expected: pd.DataFrame | None         # trial_id, row, column, seed of every expected trial
+    row_order: list[str]
+    columns: dict[str, Column]            # Column.id -> Column, in table order
+    notes: list[str] = field(default_factory=list)
+    metric: str = "final_test_acc"        # the default metric (the first spec's)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] == "ok"]
+
+    def _by_sweep(self, trial_ids: Iterable[str] | None):
+        frame = self.trials if trial_ids is None else self.trials[self.trials["trial_id"].isin(set(trial_ids))]
+        for sweep, group in frame.groupby("sweep", sort=False):
+            yield ResultsStore(self.root, sweep), list(group["trial_id"])
+
+    def epochs(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per-epoch rows of the selected trials (all, or some trial_ids)."""
+        parts = [store.epochs(ids) for store, ids in self._by_sweep(trial_ids)]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per-sample rows (drainage_prob, is_noisy, trial_id) of the selected drainage trials."""
+        parts = [store.samples([t]).assign(trial_id=t) for store, ids in self._by_sweep(trial_ids) for t in ids]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def resolve_sweeps(root: str | Path, sweeps: list[str] | None) -> list[str]:
+    """The sweeps named (each must have results), or the only sweep under `root`."""
+    available = list_sweeps(root)
+    if not sweeps:
+        if len(available) == 1:
+            return available
+        if not available:
+            raise UserError(f"no results under {root}/; run `drainage-bench sweep NAME` or `train` first, "
+                            "or point --results at the results folder")
+        raise UserError("name the sweep(s) to read; " + did_you_mean("", available))
+    for name in sweeps:
+        if name not in available:
+            raise UserError(f"no results for sweep {name!r} under {root}/; "
+                            + did_you_mean(name, available or ["(none)"]))
+    return list(dict.fromkeys(sweeps))
+
+
+def parse_where(items: list[str] | None) -> dict[str, list[str]]:
+    """``["dataset=cifar10", "seed=0,1"]`` -> ``{"dataset": ["cifar10"], "seed": ["0", "1"]}``."""
+    from drainage_bench.config import FIELDS
+
+    valid = sorted(set(FIELDS) | set(WHERE_EXTRA))
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise UserError(f"--where {item!r} is not key=value (e.g. dataset=cifar10, noise_rate=0.4, seed=0,1)")
+        if key not in valid:
+            raise UserError(f"--where: unknown key {key!r}; " + did_you_mean(key, valid))
+        out.setdefault(key, []).extend(v.strip() for v in value.split(","))
+    return out
+
+
+def _matches(value, wanted: list[str]) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return any(w.lower() in ("none", "null", "") for w in wanted)
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower() in [w.lower() for w in wanted]
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        for w in wanted:
+            try:
+                if math.isclose(float(value), float(w), rel_tol=1e-9, abs_tol=1e-12):
+                    return True
+            except ValueError:
+                continue
+        return False
+    return str(value) in wanted
+
+
+def apply_where(df: pd.DataFrame, where: dict[str, list[str]]) -> pd.DataFrame:
+    """Rows whose every `where` key matches one of its values (AND over keys, OR within one)."""
+    for key, wanted in where.items():
+        if df.empty:
+            break
+        if key not in df:
+            df = df.iloc[0:0]
+            break
+        df = df[df[key].map(lambda v, w=wanted: _matches(v, w))]
+    return df
+
+
+def apply_losses(df: pd.DataFrame, losses: list[str] | None, known: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose loss name or display name is one of `losses` (case-insensitive)."""
+    if not losses:
+        return df
+    valid = set(known["loss"].astype(str)) | set(known["row"].astype(str))
+    lowered = {v.lower() for v in valid}
+    for name in losses:
+        if name.lower() not in lowered:
+            raise UserError(f"--loss {name!r} is not in the selected trials; " + did_you_mean(name, valid))
+    wanted = {name.lower() for name in losses}
+    return df[df["loss"].astype(str).str.lower().isin(wanted) | df["row"].astype(str).str.lower().isin(wanted)]
+
+
+@dataclass
+class SpecInfo:
+    """What a sweep's spec says about its table: expected trials, row order, default metric."""
+
+    expected: pd.DataFrame | None = None
+    rows: list[str] = field(default_factory=list)
+    metric: str | None = None
+    note: str | None = None
+
+
+def _tuned(config):
+    """The tuned loss parameters of a spec entry with ``params = "tuned"`` (as `sweep` uses)."""
+    from drainage_bench.sweeps.search import tuned_params
+
+    return tuned_params(config)
+
+
+def spec_info(sweep: str) -> SpecInfo:
+    """The expected trials (every trial_id the spec expands to), row order and metric of the
+    shipped sweep spec named `sweep`; empty for a folder that is no known spec."""
+    from drainage_bench.sweeps.spec import builtin_specs, load_spec
+
+    if sweep not in builtin_specs():
+        return SpecInfo()
+    spec = load_spec(sweep)
+    from drainage_bench.trainer.losses import display_name
+
+    info = SpecInfo(rows=[entry.label or display_name(entry.name) for entry in spec.losses], metric=spec.metric)
+    try:
+        configs = spec.expand(tuned=_tuned)
+    except (UserError, ImportError) as err:
+        info.note = f"Missing trials of {sweep} are not counted: its trial list is unknown ({err})."
+        return info
+    info.expected = pd.DataFrame([{**c.to_dict(), "trial_id": c.trial_id, "sweep": sweep,
+                                   "loss_display": c.label or display_name(c.loss)} for c in configs])
+    return info
+
+
+def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Adds `row` (the table row: the display label) and `column` (Column.id)."""
+    df = df.copy()
+    if "loss_display" not in df:
+        df["loss_display"] = None
+    df["row"] = df["loss_display"].where(df["loss_display"].notna(), df["loss"]).astype(str)
+    df["column"] = [_column_of(r).id for _, r in df.iterrows()] if len(df) else []
+    return df
+
+
+def load_selection(root: str | Path, sweeps: list[str] | None = None, where: list[str] | None = None,
+                   losses: list[str] | None = None) -> Selection:
+    """The filtered records of `sweeps` under `root`, plus the expected trials of known specs."""
+    root = Path(root)
+    names = resolve_sweeps(root, sweeps)
+    filters = parse_where(where)
+    frames, expected, row_order, notes, metrics = [], [], [], [], []
+    for name in names:
+        frames.append(ResultsStore(root, name).trials())
+        info = spec_info(name)
+        row_order += info.rows
+        notes += [info.note] if info.note else []
+        metrics += [info.metric] if info.metric else []
+        if info.expected is not None:
+            expected.append(info.expected)
+    trials = pd.concat([f for f in frames if not f.empty], ignore_index=True)
+    trials = _with_cells(_dedupe(trials))
+    exp = _with_cells(pd.concat(expected, ignore_index=True)) if expected else None
+    known = trials if exp is None else pd.concat([trials[["loss", "row"]], exp[["loss", "row"]]])
+    trials = apply_losses(apply_where(trials, filters), losses, known)
+    if exp is not None:
+        exp = apply_losses(apply_where(exp, filters), losses, known)
+    if trials.empty and (exp is None or exp.empty):
+        raise UserError("no trials match the filters (--where / --loss); drop a filter or check the values")
+    _check_one_trial_per_seed(trials)
+    seen = list(dict.fromkeys(row_order + list(trials["row"]) + ([] if exp is None else list(exp["row"]))))
+    present = set(trials["row"]) | (set() if exp is None else set(exp["row"]))
+    return Selection(root=root, sweeps=names, trials=trials.reset_index(drop=True), expected=exp,
+                     row_order=[r for r in seen if r in present],
+                     columns=_columns(trials if exp is None else pd.concat([trials, exp], ignore_index=True)),
+                     notes=notes, metric=metrics[0] if metrics else "final_test_acc")
+
+
+def _dedupe(trials: pd.DataFrame) -> pd.DataFrame:
+    """One record per trial_id (the same trial in two sweeps): an ok record wins over a failed one."""
+    order = trials["status"].ne("ok").astype(int)
+    return trials.assign(_o=order).sort_values("_o", kind="stable").drop_duplicates("trial_id").drop(columns="_o")
+
+
+def _check_one_trial_per_seed(trials: pd.DataFrame) -> None:
+    """Two different trials in the same cell with the same seed would be averaged as if they were
+    seeds of one experiment: refuse, and name what differs."""
+    from drainage_bench.config import NOT_HASHED, FIELDS
+
+    for (row, column, seed), group in trials.groupby(["row", "column", "seed"], sort=False):
+        if len(group) < 2:
+            continue
+        fields = [f for f in FIELDS if f in group and f not in NOT_HASHED]
+        differ = [f for f in fields if group[f].astype(str).nunique() > 1]
+        raise UserError(f"{row} / {column} / seed {seed} has {len(group)} different trials "
+                        f"({', '.join(group['trial_id'])}) differing in {', '.join(differ) or 'their id'}; "
+                        "choose one with --where (e.g. --where " + (f"{differ[0]}=...)" if differ else "sweep=...)")
+                        + " or give the losses distinct labels in the spec")
+
+
+def _columns(df: pd.DataFrame) -> dict[str, Column]:
+    datasets = list(dict.fromkeys(df["dataset"].astype(str)))
+    cols = {c.id: c for c in (_column_of(r) for _, r in df.drop_duplicates("column").iterrows())}
+    return dict(sorted(cols.items(), key=lambda kv: kv[1].sort_key(datasets)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregating
+
+
+@dataclass
+class TableData:
+    """Everything a formatter needs. `cells` is indexed by (row, column) with the columns
+    mean, std (fractions; std NaN for n < 2), n (seeds with a value), n_failed, n_missing,
+    n_na (finished trials where the metric does not apply), n_expected, rank (1 best, 2 second, 0)."""
+
+    metric: Metric
+    cells: pd.DataFrame
+    rows: list[str]
+    columns: list[Column]
+    realized: dict[str, float]             # Column.id -> mean realized noise rate (fraction)
+    sweeps: list[str]
+    n_ref: int                             # the usual number of seeds per cell
+    failures: list[str]
+    missing_total: int
+    failed_total: int
+    dropped_rows: list[str]
+    notes: list[str]
+
+    def cell(self, row: str, column: str) -> pd.Series:
+        return self.cells.loc[(row, column)]
+
+
+def aggregate(selection: Selection, metric: str | Metric | None = None) -> TableData:
+    """Mean, std (ddof=1) and n per (row, column) of `metric` (default: the spec's), ranks per column."""
+    metric = metric if isinstance(metric, Metric) else get_metric(metric or selection.metric)
+    trials = selection.trials
+    ok = selection.ok
+    values = ok.assign(value=pd.to_numeric(ok.get(metric.column), errors="coerce") if metric.column in ok else np.nan)
+    keys = ["row", "column"]
+    grid = pd.MultiIndex.from_product([selection.row_order, list(selection.columns)], names=keys)
+    stats = values.groupby(keys)["value"].agg(mean="mean", std=lambda s: s.std(ddof=1), n="count")
+    cells = stats.reindex(grid)
+    cells["n"] = cells["n"].fillna(0).astype(int)
+    cells["n_na"] = values[values["value"].isna()].groupby(keys).size().reindex(grid, fill_value=0)
+    cells["n_failed"] = trials[trials["status"] != "ok"].groupby(keys).size().reindex(grid, fill_value=0)
+    exp = selection.expected
+    if exp is not None and not exp.empty:
+        # An expected trial is there when its cell has a record with its seed; matching on
+        # (row, column, seed) rather than trial_id keeps a sweep run with --set overrides whole.
+        recorded = set(zip(trials["row"], trials["column"], trials["seed"].astype(int)))
+        missing = exp[[key not in recorded for key in zip(exp["row"], exp["column"], exp["seed"].astype(int))]]
+        cells["n_missing"] = missing.groupby(keys).size().reindex(grid, fill_value=0)
+        cells["n_expected"] = exp.groupby(keys).size().reindex(grid, fill_value=0)
+    else:
+        cells["n_missing"] = 0
+        cells["n_expected"] = np.nan
+    cells.loc[cells["n"] < 2, "std"] = np.nan
+    # Rows where the metric applies nowhere (drainage shares of a CE row) are left out.
+    applies = cells.groupby(level="row").apply(lambda g: bool((g["n"] > 0).any() or (g["n_na"] == 0).all()))
+    dropped = [r for r in selection.row_order if not applies.get(r, True)]
+    rows = [r for r in selection.row_order if r not in dropped]
+    if not rows:
+        raise UserError(f"metric {metric.name} does not apply to any selected trial; "
+                        "the drainage shares exist for drainage losses only")
+    cells = cells.loc[rows] if rows else cells.iloc[0:0]
+    cells["rank"] = _ranks(cells, metric.higher_is_better)
+    counts = Counter(cells.loc[cells["n"] > 0, "n"])
+    n_ref = max(counts, key=lambda n: (counts[n], n)) if counts else 0
+    realized = trials.groupby("column")["realized_noise_rate"].mean() if "realized_noise_rate" in trials else {}
+    return TableData(
+        metric=metric, cells=cells, rows=rows, columns=list(selection.columns.values()),
+        realized={c: float(realized.get(c, np.nan)) for c in selection.columns}, sweeps=list(selection.sweeps),
+        n_ref=n_ref, failures=_failures(trials), missing_total=int(cells["n_missing"].sum()),
+        failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=list(selection.notes))
+
+
+def _ranks(cells: pd.DataFrame, higher_is_better: bool) -> pd.Series:
+    """1 for the best mean of each column, 2 for the next distinct one, 0 otherwise; means are
+    compared as shown (rounded), so cells that look tied are ranked alike. A column with fewer
+    than two rows with a value ranks nothing."""
+    rank = pd.Series(0, index=cells.index, dtype=int)
+    shown = (100 * cells["mean"]).round(DIGITS)
+    for column, values in shown.groupby(level="column"):
+        values = values.dropna()
+        if len(values) < 2:
+            continue
+        distinct = sorted(set(values), reverse=higher_is_better)
+        rank[values.index[values == distinct[0]]] = 1
+        if len(distinct) > 1:
+            rank[values.index[values == distinct[1]]] = 2
+    return rank
+
+
+def _failures(trials: pd.DataFrame, limit: int = 5) -> list[str]:
+    failed = trials[trials["status"] != "ok"]
+    lines = [f"{r['row']} {r['column']} seed {r['seed']}: {str(r.get('error') or 'no error recorded').splitlines()[0][:120]}"
+             for _, r in failed.head(limit).iterrows()]
+    if len(failed) > limit:
+        lines.append(f"... and {len(failed) - limit} more")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Cell text and footnotes, shared by the formatters
+
+
+def _num(x: float) -> str:
+    return f"{100 * x:.{DIGITS}f}"
+
+
+def cell_text(cell: pd.Series) -> str:
+    """``85.12 ± 0.31``; ``85.12`` for one seed; ``—`` with no finished trial; ``n/a``."""
+    if cell["n"] == 0:
+        return "n/a" if cell["n_na"] > 0 and cell["n_failed"] == 0 and cell["n_missing"] == 0 else "—"
+    return _num(cell["mean"]) if cell["n"] < 2 else f"{_num(cell['mean'])} ± {_num(cell['std'])}"
+
+
+def seed_note(cell: pd.Series, n_ref: int) -> str:
+    """``n=2`` where the number of seeds is not the usual one, or some are missing, failed or n/a."""
+    if cell["n"] > 0 and (cell["n"] != n_ref or cell["n_failed"] + cell["n_missing"] + cell["n_na"] > 0):
+        return f"n={int(cell['n'])}"
+    return ""
+
+
+def caption(data: TableData) -> str:
+    seeds = f"{data.n_ref} seed{'s' if data.n_ref != 1 else ''}"
+    return (f"{data.metric.title} (%), mean ± std over {seeds}"
+            f" — {', '.join(data.sweeps)}")
+
+
+def footnotes(data: TableData, best: str, second: str) -> list[str]:
+    """The footnotes of every format; `best` / `second` say how those cells are marked."""
+    direction = "highest" if data.metric.higher_is_better else "lowest"
+    notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over seeds, in percent; one seed shows the mean "
+             f"alone; n=k marks a cell whose number of seeds is not {data.n_ref} or that has missing/failed seeds.",
+             f"{best}: {direction} mean of the column; {second}: second {direction} (compared as shown)."]
+    cells = data.cells
+    if data.missing_total or data.failed_total or ((cells["n"] == 0) & (cells["n_na"] == 0)).any():
+        notes.append(f"—: no finished trial in the cell. Trials without a record (running or not started): "
+                     f"{data.missing_total}; failed: {data.failed_total}.")
+    notes += [f"failed: {line}" for line in data.failures]
+    if (cells["n_na"] > 0).any():
+        notes.append("n/a: the metric does not apply to these trials.")
+    if data.dropped_rows:
+        notes.append(f"Rows without this metric are left out: {', '.join(data.dropped_rows)}.")
+    if any(not math.isnan(v) for v in data.realized.values()):
+        notes.append("Realized noise: the share of training labels actually changed, mean over the column's trials.")
+    return notes + data.notes
+
+
+def _groups(columns: list[Column], datasets: int) -> list[tuple[str, int]]:
+    """Consecutive (group header, span) pairs; the dataset is named when there are several."""
+    out: list[tuple[str, int]] = []
+    for c in columns:
+        name = f"{c.dataset} · {c.group}" if datasets > 1 else c.group
+        if out and out[-1][0] == name:
+            out[-1] = (name, out[-1][1] + 1)
+        else:
+            out.append((name, 1))
+    return out
+
+
+def _realized_text(data: TableData, column: Column) -> str:
+    value = data.realized.get(column.id, math.nan)
+    return "—" if value is None or math.isnan(value) else _num(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatters: each reads a TableData and returns text
+
+
+def format_table(data: TableData, fmt: str = "terminal", *, styled: bool = False, width: int = 200,
+                 standalone: bool = False) -> str:
+    if fmt not in FORMATTERS:
+        raise UserError(f"unknown format {fmt!r}; " + did_you_mean(fmt, FORMATTERS))
+    if fmt == "terminal":
+        return format_terminal(data, styled=styled, width=width)
+    if fmt == "latex":
+        return format_latex(data, standalone=standalone)
+    return FORMATTERS[fmt](data)
+
+
+def _headers(data: TableData) -> list[str]:
+    datasets = len({c.dataset for c in data.columns})
+    return [f"{c.dataset} " * (datasets > 1) + (f"{c.group} {c.label}".strip()) for c in data.columns]
+
+
+def format_terminal(data: TableData, styled: bool = False, width: int = 200) -> str:
+    """An aligned rich table. Styled: best bold, second underlined; plain: suffixes * and †."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    datasets = len({c.dataset for c in data.columns})
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("Loss")
+    shown_group = None
+    for c in data.columns:
+        group = f"{c.dataset} · {c.group}" if datasets > 1 else c.group
+        head = (group if group != shown_group else "") + "\n" + c.label
+        shown_group = group
+        table.add_column(head, justify="right")
+    for row in data.rows:
+        texts = []
+        for c in data.columns:
+            cell = data.cell(row, c.id)
+            text = cell_text(cell)
+            note = seed_note(cell, data.n_ref)
+            style = {1: "bold", 2: "underline"}.get(cell["rank"], "") if styled else ""
+            mark = "" if styled else {1: "*", 2: "†"}.get(cell["rank"], "")
+            texts.append(Text.assemble((text + mark, style), (f" ({note})" if note else "", "dim")))
+        table.add_row(row, *texts)
+    table.add_section()
+    table.add_row(Text("Realized noise", style="italic"), *[_realized_text(data, c) for c in data.columns])
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, force_terminal=styled, color_system="standard" if styled else None,
+                      highlight=False)
+    console.print(Text(caption(data), style="bold"))
+    console.print(table)
+    marks = ("bold", "underlined") if styled else ("*", "†")
+    for note in footnotes(data, *marks):
+        console.print(Text(note, style="dim"))
+    return buffer.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
+
+
+def format_markdown(data: TableData) -> str:
+    """A GitHub-flavoured markdown table; best **bold**, second *italic*."""
+    lines = [f"**{_md_escape(caption(data))}**", ""]
+    lines.append("| Loss | " + " | ".join(_md_escape(h) for h in _headers(data)) + " |")
+    lines.append("|:--|" + "--:|" * len(data.columns))
+    for row in data.rows:
+        cells = []
+        for c in data.columns:
+            cell = data.cell(row, c.id)
+            text = cell_text(cell)
+            text = {1: f"**{text}**", 2: f"*{text}*"}.get(cell["rank"], text)
+            note = seed_note(cell, data.n_ref)
+            cells.append(text + (f" <sub>{note}</sub>" if note else ""))
+        lines.append(f"| {_md_escape(row)} | " + " | ".join(cells) + " |")
+    lines.append("| *Realized noise* | " + " | ".join(_realized_text(data, c) for c in data.columns) + " |")
+    lines.append("")
+    lines += [f"<sub>{_md_escape(n)}</sub><br>" for n in footnotes(data, "bold", "italic")]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                 "±": r"$\pm$", "—": "---", "·": r"$\cdot$", "†": r"$^\dagger$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def format_latex(data: TableData, standalone: bool = False) -> str:
+    """A booktabs table (``\\usepackage{booktabs}``); best \\textbf, second \\underline.
+
+    With `standalone`, a complete article document that pdflatex compiles as is."""
+    datasets = len({c.dataset for c in data.columns})
+    groups = _groups(data.columns, datasets)
+    out = [r"\begin{table}[t]", r"\centering", r"\small",
+           r"\caption{" + latex_escape(caption(data)) + "}",
+           r"\begin{tabular}{l" + "r" * len(data.columns) + "}", r"\toprule"]
+    head, rules, start = ["Loss"], [], 2
+    for name, span in groups:
+        head.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(name)}}}" if span > 1 else latex_escape(name))
+        if any(c.label for c in data.columns[start - 2:start - 2 + span]):
+            rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    labelled = any(c.label for c in data.columns)
+    head[0] = "" if labelled else "Loss"
+    out.append(" & ".join(head) + r" \\")
+    if labelled:
+        out.append(" ".join(rules))
+        out.append(" & ".join(["Loss"] + [latex_escape(c.label) for c in data.columns]) + r" \\")
+    out.append(r"\midrule")
+    for row in data.rows:
+        cells = [latex_escape(row)]
+        for c in data.columns:
+            cell = data.cell(row, c.id)
+            text = latex_escape(cell_text(cell))
+            text = {1: rf"\textbf{{{text}}}", 2: rf"\underline{{{text}}}"}.get(cell["rank"], text)
+            note = seed_note(cell, data.n_ref)
+            cells.append(text + (rf"\textsuperscript{{{note}}}" if note else ""))
+        out.append(" & ".join(cells) + r" \\")
+    out.append(r"\midrule")
+    out.append(" & ".join([r"\textit{Realized noise}"] + [latex_escape(_realized_text(data, c))
+                                                         for c in data.columns]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
+    out += [latex_escape(n) + r"\par" for n in footnotes(data, r"Bold", r"underlined")]
+    out.append(r"\end{table}")
+    body = "\n".join(out) + "\n"
+    if not standalone:
+        return "% drainage-bench table; needs \\usepackage{booktabs}\n" + body
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n"
+            "\\usepackage[margin=1.5cm,landscape]{geometry}\n\\begin{document}\n" + body + "\\end{document}\n")
+
+
+def tidy(data: TableData) -> pd.DataFrame:
+    """One row per (loss, column), numbers in percent: what csv and json write."""
+    records = []
+    for row in data.rows:
+        for c in data.columns:
+            cell = data.cell(row, c.id)
+            records.append({
+                "loss": row, "dataset": c.dataset, "noise": c.noise, "noise_rate": c.rate, "noise_key": c.key,
+                "column": c.id, "metric": data.metric.name,
+                "mean_pct": 100 * cell["mean"], "std_pct": 100 * cell["std"], "n": int(cell["n"]),
+                "n_failed": int(cell["n_failed"]), "n_missing": int(cell["n_missing"]), "n_na": int(cell["n_na"]),
+                "rank": int(cell["rank"]), "realized_noise_pct": 100 * data.realized.get(c.id, math.nan)})
+    return pd.DataFrame(records)
+
+
+def format_csv(data: TableData) -> str:
+    """Long format, one line per (loss, column); rank 1 = best, 2 = second best."""
+    return tidy(data).to_csv(index=False)
+
+
+def format_json(data: TableData) -> str:
+    frame = tidy(data).astype(object)
+    cells = frame.where(frame.notna(), None).to_dict(orient="records")
+    doc = {"caption": caption(data), "metric": data.metric.name, "sweeps": data.sweeps, "rows": data.rows,
+           "columns": [{"id": c.id, "group": c.group, "label": c.label} for c in data.columns],
+           "cells": cells, "missing": data.missing_total, "failed": data.failed_total,
+           "footnotes": footnotes(data, "rank 1", "rank 2")}
+    return json.dumps(doc, indent=2, allow_nan=False) + "\n"
+
+
+FORMATTERS = {"terminal": format_terminal, "markdown": format_markdown, "latex": format_latex,
+              "csv": format_csv, "json": format_json}
+
+
+def format_for(output: str | Path | None, fmt: str | None) -> str:
+    """The format asked for, else the one the output file's suffix names, else terminal."""
+    if fmt is not None:
+        if fmt not in FORMATTERS:
+            raise UserError(f"unknown format {fmt!r}; " + did_you_mean(fmt, FORMATTERS))
+        return fmt
+    return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "terminal") if output else "terminal"
