@@ -237,5 +237,63 @@ def status(
                   f"of {len(state.configs)} trials ({store.path})")
 
 
+# ---------------------------------------------------------------------------------------------
+# Tables and figures
+
+SweepsArg = Annotated[Optional[list[str]], typer.Argument(help="Sweeps (folders under RESULTS); default: the only one there.")]
+WhereOpt = Annotated[Optional[list[str]], typer.Option("--where", help="Keep trials with FIELD=VALUE (repeatable, AND; VALUE may be a,b: OR).")]
+LossFilter = Annotated[Optional[list[str]], typer.Option("--loss", help="Keep these losses: name or table name (repeatable).")]
+MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
+
+
+@app.command()
+def table(
+    sweeps: SweepsArg = None,
+    results: ResultsRoot = Path("results"),
+    where: WhereOpt = None,
+    loss: LossFilter = None,
+    metric: MetricOpt = None,
+    format_: Annotated[Optional[str], typer.Option("--format", help="terminal | markdown | latex | csv | json (default: from --output's suffix, else terminal).")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write the table to this file.")] = None,
+    standalone: Annotated[bool, typer.Option("--standalone", help="LaTeX only: a whole document that pdflatex compiles as is.")] = False,
+) -> None:
+    """The paper table: one row per loss, one column per noise setting, mean ± std over seeds (%)."""
+    from drainage_bench.analysis.tables import aggregate, format_for, format_table, load_selection
+
+    fmt = format_for(output, format_)
+    if standalone and fmt != "latex":
+        raise UserError(f"--standalone applies to --format latex only, not {fmt}")
+    data = aggregate(load_selection(results, sweeps, where, loss), metric)
+    if output is None:
+        width = console.width if console.is_terminal else 200  # piped: no wrapping
+        sys.stdout.write(format_table(data, fmt, styled=console.is_terminal, width=width))
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(format_table(data, fmt, standalone=standalone))
+    console.print(f"wrote {output} ({fmt})", highlight=False)
+
+
+@app.command()
+def plot(
+    sweeps: SweepsArg = None,
+    results: ResultsRoot = Path("results"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the figures (default: RESULTS/SWEEP/figures).")] = None,
+    metric: MetricOpt = None,
+    setting: Annotated[Optional[str], typer.Option(help="Noise setting of the learning curves and histograms: clean, asym0.4, human-worse_label (default: the noisiest).")] = None,
+    loss: LossFilter = None,
+    where: WhereOpt = None,
+) -> None:
+    """Figures as PNG and PDF: accuracy vs noise rate, learning curves, drainage histograms."""
+    from drainage_bench.analysis.plots import default_out_dir, make_figures
+    from drainage_bench.analysis.tables import load_selection
+
+    selection = load_selection(results, sweeps, where, loss)
+    paths, notes = make_figures(selection, out or default_out_dir(results, selection.sweeps), metric, setting)
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    for note in notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+
+
 if __name__ == "__main__":
     main()

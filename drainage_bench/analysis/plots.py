@@ -165,7 +165,7 @@ def learning_curves(selection: Selection, setting: str | None = None) -> Figure 
         ax.set_title(f"{row} ({seeds} seed{'s' if seeds != 1 else ''})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("%")
+        ax.set_ylabel("accuracy or share of samples (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     _legend(fig, axes.flat, title=None, where="below")

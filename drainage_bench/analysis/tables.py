@@ -307,12 +307,23 @@ def load_selection(root: str | Path, sweeps: list[str] | None = None, where: lis
     if trials.empty and (exp is None or exp.empty):
         raise UserError("no trials match the filters (--where / --loss); drop a filter or check the values")
     _check_one_trial_per_seed(trials)
-    seen = list(dict.fromkeys(row_order + list(trials["row"]) + ([] if exp is None else list(exp["row"]))))
-    present = set(trials["row"]) | (set() if exp is None else set(exp["row"]))
+    both = trials if exp is None else pd.concat([trials, exp], ignore_index=True)
+    present = set(both["row"])
+    seen = list(dict.fromkeys(row_order + _registry_order(both)))
     return Selection(root=root, sweeps=names, trials=trials.reset_index(drop=True), expected=exp,
                      row_order=[r for r in seen if r in present],
                      columns=_columns(trials if exp is None else pd.concat([trials, exp], ignore_index=True)),
                      notes=notes, metric=metrics[0] if metrics else "final_test_acc")
+
+
+def _registry_order(frame: pd.DataFrame) -> list[str]:
+    """Rows no spec orders: in the order of the loss registry (CE first, the drainage loss last),
+    rows of one loss by name."""
+    from drainage_bench.trainer.losses import LOSSES
+
+    rank = {name: i for i, name in enumerate(LOSSES)}
+    pairs = frame[["loss", "row"]].drop_duplicates().astype(str)
+    return [row for _, row in sorted(zip(pairs["loss"], pairs["row"]), key=lambda p: (rank.get(p[0], len(rank)), p[1]))]
 
 
 def _dedupe(trials: pd.DataFrame) -> pd.DataFrame:
@@ -362,6 +373,7 @@ class TableData:
     n_ref: int                             # the usual number of seeds per cell
     failures: list[str]
     missing_total: int
+    expected_known: bool                   # every sweep's spec listed its trials: missing ones are counted
     failed_total: int
     dropped_rows: list[str]
     notes: list[str]
@@ -411,6 +423,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
         metric=metric, cells=cells, rows=rows, columns=list(selection.columns.values()),
         realized={c: float(realized.get(c, np.nan)) for c in selection.columns}, sweeps=list(selection.sweeps),
         n_ref=n_ref, failures=_failures(trials), missing_total=int(cells["n_missing"].sum()),
+        expected_known=exp is not None and set(selection.sweeps) <= set(exp["sweep"]),
         failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=list(selection.notes))
 
 
@@ -476,8 +489,9 @@ def footnotes(data: TableData, best: str, second: str) -> list[str]:
              f"{best}: {direction} mean of the column; {second}: second {direction} (compared as shown)."]
     cells = data.cells
     if data.missing_total or data.failed_total or ((cells["n"] == 0) & (cells["n_na"] == 0)).any():
-        notes.append(f"—: no finished trial in the cell. Trials without a record (running or not started): "
-                     f"{data.missing_total}; failed: {data.failed_total}.")
+        unrun = (f"trials without a record (running or not started): {data.missing_total}" if data.expected_known else
+                 "trials not run yet are not counted (no shipped sweep spec of this name lists them)")
+        notes.append(f"—: no finished trial in the cell. Failed trials: {data.failed_total}; {unrun}.")
     notes += [f"failed: {line}" for line in data.failures]
     if (cells["n_na"] > 0).any():
         notes.append("n/a: the metric does not apply to these trials.")

@@ -1,0 +1,109 @@
+"""Figures: the lines drawn carry the numbers worked out by hand / with numpy, legends have one
+entry per loss (or per curve), and the files written are real PNG and PDF files."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from drainage_bench.analysis import plots as P
+from drainage_bench.analysis import tables as T
+from drainage_bench.cli import app
+from drainage_bench.errors import UserError
+from results_helpers import HAND_ROWS, HAND_SWEEP, REAL_SWEEP, real_store, write_rows
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def hand(tmp_path):
+    return T.load_selection(write_rows(tmp_path / "results", HAND_ROWS), [HAND_SWEEP])
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    return T.load_selection(real_store(tmp_path_factory), [REAL_SWEEP])
+
+
+def legend_texts(fig) -> list[str]:
+    assert len(fig.legends) == 1
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_accuracy_vs_noise_lines_carry_the_hand_computed_means(hand):
+    fig = P.accuracy_vs_noise(hand)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_title() == "Asymmetric noise"
+    lines = {line.get_label(): line for line in axes[0].get_lines()}
+    assert sorted(lines) == ["CE", "Drainage", "GCE"] and legend_texts(fig) == ["CE", "GCE", "Drainage"]
+    np.testing.assert_allclose(lines["CE"].get_xdata(), [0, 40])
+    np.testing.assert_allclose(lines["CE"].get_ydata(), [92, 62])
+    np.testing.assert_allclose(lines["GCE"].get_ydata(), [90])  # no GCE trial under noise: one point
+    band = axes[0].collections[0].get_paths()[0].vertices[:, 1]  # CE's band: mean ± sample std
+    assert band.max() == pytest.approx(92 + 2) and band.min() == pytest.approx(62 - 100 * np.sqrt(0.0008))
+    assert "noise rate (%)" == axes[0].get_xlabel() and "(%)" in axes[0].get_ylabel()
+
+
+def test_files_are_png_and_pdf(hand, tmp_path):
+    paths = P.write_figure(P.accuracy_vs_noise(hand), tmp_path / "figs", "acc")
+    assert [p.name for p in paths] == ["acc.png", "acc.pdf"]
+    assert paths[0].read_bytes()[:8] == PNG_MAGIC and paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_without_epochs_or_samples_those_figures_are_left_out(hand, tmp_path):
+    paths, notes = P.make_figures(hand, tmp_path)
+    assert sorted(p.name for p in paths) == ["final_test_acc_vs_noise.pdf", "final_test_acc_vs_noise.png"]
+    assert len(notes) == 2 and all("not drawn" in n for n in notes)
+
+
+def test_default_folder():
+    assert P.default_out_dir("results", ["a"]).as_posix() == "results/a/figures"
+    assert P.default_out_dir("results", ["a", "b"]).as_posix() == "results/figures/a+b"
+
+
+def test_setting_choice(hand):
+    assert P.pick_setting(hand, None).tag == "asym0.4"  # the noisiest
+    assert P.pick_setting(hand, "clean").tag == "clean"
+    with pytest.raises(UserError, match="valid: asym0.4, clean"):
+        P.pick_setting(hand, "sym0.4")
+
+
+@pytest.mark.slow
+def test_learning_curves_are_means_over_seeds(real):
+    fig = P.learning_curves(real, "asym0.2")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["CE (2 seeds)", "Drainage (2 seeds)"]
+    assert legend_texts(fig) == [label for _, label, _ in P.CURVES]
+    epochs = pq.read_table(real.root / REAL_SWEEP / "epochs").to_pandas()
+    ce_ids = real.trials.loc[real.trials["loss"] == "ce", "trial_id"]
+    expected = epochs[epochs["trial_id"].isin(ce_ids)].groupby("epoch")["test_acc"].mean() * 100
+    ce_lines = {line.get_label(): line for line in axes[0].get_lines()}
+    assert len(ce_lines) == 4
+    np.testing.assert_allclose(ce_lines["test accuracy"].get_ydata(), expected.to_numpy())
+    np.testing.assert_allclose(ce_lines["test accuracy"].get_xdata(), [1, 2])
+
+
+@pytest.mark.slow
+def test_drainage_histograms_split_clean_and_mislabeled(real):
+    fig = P.drainage_histograms(real)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 1 and axes[0].get_title().startswith("Drainage, digits")  # CE has no samples
+    samples = pq.read_table(real.root / REAL_SWEEP / "samples").to_pandas()
+    n_noisy = int(samples["is_noisy"].sum())
+    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert labels == [f"clean labels (n = {len(samples) - n_noisy})", f"mislabeled (n = {n_noisy})"]
+    for patch, noisy in zip(axes[0].patches, (False, True)):  # heights: % of the group per bin
+        probs = samples.loc[samples["is_noisy"] == noisy, "drainage_prob"].to_numpy()
+        counts, _ = np.histogram(probs, bins=25, range=(0, 1))
+        assert patch.get_path().vertices[:, 1].max() == pytest.approx(100 * counts.max() / len(probs))
+
+
+@pytest.mark.slow
+def test_plot_command_writes_all_figures(real, tmp_path):
+    result = CliRunner().invoke(app, ["plot", "--results", str(real.root), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(f"{stem}.{ext}" for stem in ("final_test_acc_vs_noise", "learning_curves_asym0.2",
+                                                           "drainage_probability") for ext in ("png", "pdf"))
+    assert all((tmp_path / n).read_bytes()[:4] in (PNG_MAGIC[:4], b"%PDF") for n in names)
