@@ -295,5 +295,144 @@ def plot(
         console.print(f"[dim]{note}[/]", highlight=False)
 
 
+# ---------------------------------------------------------------------------------------------
+# Optuna: tune loss parameters on the 80/20 split, inspect studies
+
+StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE.db, postgresql://..., mysql://..., or a journal file path (default: sqlite:///RESULTS/optuna.db).")]
+# The resources options of `sweep`, as types (`sweep` could use them too).
+CpusOpt = Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")]
+GpusOpt = Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")]
+MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many trials at once.")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
+
+
+def _storage_url(storage: str | None, results: Path) -> str:
+    from drainage_bench.sweeps.search import resolve_storage
+
+    return resolve_storage(storage, results)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def tune(
+    target: Annotated[str, typer.Argument(metavar="SPEC", help="A sweep (name or .toml: its dataset, settings, tuned losses and noise) or a dataset name.")],
+    loss: Annotated[Optional[list[str]], typer.Option("--loss", help="Loss to tune (repeatable; default: the spec's losses with params = \"tuned\").")] = None,
+    noise: Annotated[Optional[list[str]], typer.Option("--noise", help="none | sym:R | asym:R | instance:R | human[:KEY] (repeatable; default: the spec's).")] = None,
+    trials: Annotated[int, typer.Option(help="Complete trials each study should hold; running again tops it up.")] = 50,
+    space: Annotated[Optional[list[str]], typer.Option("--space", help="Search range: NAME=loguniform:LOW:HIGH | uniform:LOW:HIGH | choice:A,B | off (repeatable).")] = None,
+    pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
+    objective: Annotated[str, typer.Option(help="final_val_acc | best_val_acc: validation accuracy at the last or the best epoch.")] = "final_val_acc",
+    val_labels: Annotated[str, typer.Option(help="Score on the clean or the noisy labels of the validation part.")] = "clean",
+    seed: Annotated[int, typer.Option(help="Seed of the trials (noise, initialisation, data order) and of the TPE sampler.")] = 0,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    results: ResultsRoot = Path("results"),
+    data_root: DataRoot = None,
+    cpus_per_trial: CpusOpt = None,
+    gpus_per_trial: GpusOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    address: AddressOpt = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="Run the trials one by one in this process, without Ray.")] = False,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats of running trials; a trial silent for 3 is taken as lost.")] = 20.0,
+) -> None:
+    """Search loss parameters with Optuna: train on 80% of the training set, score on the other 20%."""
+    from drainage_bench.config import parse_set
+    from drainage_bench.sweeps.search import plan_tune, run_search
+    from drainage_bench.sweeps.tune_runner import Resources, check_resources
+    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+
+    overrides = {**parse_set(set_), **({"data_root": data_root} if data_root else {})}
+    plan = plan_tune(target, loss, noise, overrides=overrides, space=space, trials=trials, objective=objective,
+                     pruner=pruner, seed=seed, val_labels=val_labels, heartbeat=heartbeat)
+    url = _storage_url(storage, results)
+    address = address or os.environ.get("RAY_ADDRESS")
+    res = None if in_process else check_resources(Resources(
+        cpus_per_trial=cpus_per_trial or plan.resources.get("cpus_per_trial", 1),
+        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else plan.resources.get("gpus_per_trial", 0),
+        max_concurrent=max_concurrent or plan.resources.get("max_concurrent")), address, gpus_per_trial is not None)
+    dataset = plan.searches[0].base.dataset
+    if not address:
+        found, detail = dataset_status(dataset, resolve_data_root(data_root))
+        if not found:
+            raise UserError(f"dataset {dataset!r} is not available: {detail}")
+    console.print(f"storage {url}", highlight=False)
+    for search in plan.searches:
+        tally = run_search(search, url, resources=res, address=address,
+                           emit=lambda m: console.print(m, highlight=False, markup=False))
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in (tally["best_params"] or {}).items())
+        console.print(f"[bold]{search.name}[/]: {tally['complete']} complete, {tally['pruned']} pruned, "
+                      f"{tally['fail']} failed | best {_pct(tally['best_value'])}% ({search.objective}) at "
+                      f"#{tally['best_number']}: {params} | drainage-bench study show {search.name}", highlight=False)
+
+
+study_app = typer.Typer(no_args_is_help=True, help="Inspect Optuna studies: list, show NAME, plot NAME.")
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("list")
+def study_list(storage: StorageOpt = None, results: ResultsRoot = Path("results")) -> None:
+    """Every study with its complete / pruned / failed trials, best value and best parameters."""
+    from drainage_bench.analysis.studies import list_studies
+
+    url = _storage_url(storage, results)
+    rows = list_studies(url)
+    table = Table("study", "complete", "pruned", "failed", "running", "best val %", "trial", "best parameters", box=None)
+    for row in rows:
+        c = row.counts
+        table.add_row(row.name, str(c["complete"]), str(c["pruned"]), str(c["fail"]), str(c["running"]),
+                      _pct(row.best_value), "" if row.best_number is None else f"#{row.best_number}",
+                      " ".join(f"{k}={_fmt(v)}" for k, v in row.best_params.items()))
+    console.print(table if rows else f"no studies in {url}")
+
+
+@study_app.command("show")
+def study_show(
+    name: Annotated[str, typer.Argument(help="Study name (see `drainage-bench study list`).")],
+    storage: StorageOpt = None,
+    results: ResultsRoot = Path("results"),
+    top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
+) -> None:
+    """The best trials, parameter importances, and the command to open the study in optuna-dashboard."""
+    from drainage_bench.analysis.studies import best_trials, dashboard_command, importances, load, recipe_trial
+
+    url = _storage_url(storage, results)
+    study = load(url, name)
+    attrs = study.user_attrs
+    console.print(f"[bold]{name}[/] in {url}: maximise {attrs.get('objective', 'the objective')} on the "
+                  f"validation part; {len(study.trials)} trials", highlight=False)
+    best = best_trials(study, top)
+    names = list(dict.fromkeys(k for t in best for k in t.params))
+    table = Table("trial", "val %", *names, "epochs", "seconds", box=None)
+    for t in best:
+        table.add_row(f"#{t.number}" + (" (recipe)" if t.user_attrs.get("recipe_defaults") else ""), _pct(t.value),
+                      *[_fmt(t.params.get(n, "")) for n in names], str(t.user_attrs.get("epochs_run", "")),
+                      f"{t.user_attrs.get('wall_seconds', math.nan):.0f}")
+    console.print(table if best else "no complete trials yet")
+    recipe = recipe_trial(study)
+    if recipe is not None:
+        console.print(f"recipe values (#{recipe.number}): val {_pct(recipe.value)}%", highlight=False)
+    scores, why = importances(study)
+    console.print("importances: " + (" ".join(f"{k} {v:.2f}" for k, v in scores.items()) or why), highlight=False)
+    console.print(f"dashboard: {dashboard_command(url)}   (pip install optuna-dashboard)", highlight=False)
+
+
+@study_app.command("plot")
+def study_plot(
+    name: Annotated[str, typer.Argument(help="Study name (see `drainage-bench study list`).")],
+    storage: StorageOpt = None,
+    results: ResultsRoot = Path("results"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the PNG files (default: RESULTS/studies/NAME).")] = None,
+) -> None:
+    """Optimisation history, the landscape of the two most important parameters, slices, learning curves (PNG)."""
+    from drainage_bench.analysis.studies import load, plot_study
+
+    for path in plot_study(load(_storage_url(storage, results), name), out or results / "studies" / name):
+        console.print(f"wrote {path}", highlight=False)
+
+
+
 if __name__ == "__main__":
     main()
