@@ -26,6 +26,12 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Data folder (else $DRAINAGE_BENCH_DATA, else ./data).")]
 ResultsRoot = Annotated[Path, typer.Option("--results", help="Results root folder.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a trial field or loss parameter: key=value (repeatable).")]
+StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE.db, postgresql://..., mysql://..., or a journal file path (default: sqlite:///RESULTS/optuna.db).")]
+# Resources of Ray trials (sweep and tune).
+CpusOpt = Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")]
+GpusOpt = Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")]
+MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many trials at once.")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
 
 
 def main() -> None:
@@ -131,13 +137,13 @@ def train(
 # Sweeps
 
 
-def _expand(spec, data_root: str | None, overrides: dict | None = None):
-    """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies."""
+def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
+    """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies in `storage`."""
 
     def tuned(config):
         from drainage_bench.sweeps.search import tuned_params
 
-        return tuned_params(config)
+        return tuned_params(config, _storage_url(storage, results))
 
     extra = {**({"data_root": data_root} if data_root else {}), **(overrides or {})}
     return spec.expand(extra, tuned=tuned)
@@ -162,10 +168,11 @@ def sweep(
     results: ResultsRoot = Path("results"),
     data_root: DataRoot = None,
     set_: SetOpt = None,
-    cpus_per_trial: Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")] = None,
-    gpus_per_trial: Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")] = None,
-    max_concurrent: Annotated[Optional[int], typer.Option(help="At most this many trials at once.")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")] = None,
+    cpus_per_trial: CpusOpt = None,
+    gpus_per_trial: GpusOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    address: AddressOpt = None,
+    storage: StorageOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed trials again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and what would run; run nothing.")] = False,
 ) -> None:
@@ -179,7 +186,7 @@ def sweep(
     from drainage_bench.trainer.data import dataset_status, resolve_data_root
 
     spec = load_spec(name)
-    configs = _expand(spec, data_root, parse_set(set_))
+    configs = _expand(spec, data_root, storage, results, parse_set(set_))
     store = ResultsStore(results, spec.name)
     todo = plan(configs, store, retry_failed)
     address = address or os.environ.get("RAY_ADDRESS")
@@ -214,6 +221,7 @@ def sweep(
 def status(
     name: Annotated[str, typer.Argument(help="A named sweep or a spec .toml file.")],
     results: ResultsRoot = Path("results"),
+    storage: StorageOpt = None,
 ) -> None:
     """Report a sweep's state from the results store, without running anything."""
     from collections import Counter
@@ -224,7 +232,7 @@ def status(
 
     spec = load_spec(name)
     store = ResultsStore(results, spec.name)
-    state = plan(_expand(spec, None), store)
+    state = plan(_expand(spec, None, storage, results), store)
     counts: dict[str, Counter] = {}
     for c in state.configs:
         counts.setdefault(c.label or c.loss, Counter())[state.done.get(c.trial_id, "missing")] += 1
@@ -297,14 +305,6 @@ def plot(
 
 # ---------------------------------------------------------------------------------------------
 # Optuna: tune loss parameters on the 80/20 split, inspect studies
-
-StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE.db, postgresql://..., mysql://..., or a journal file path (default: sqlite:///RESULTS/optuna.db).")]
-# The resources options of `sweep`, as types (`sweep` could use them too).
-CpusOpt = Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")]
-GpusOpt = Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")]
-MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many trials at once.")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
-
 
 def _storage_url(storage: str | None, results: Path) -> str:
     from drainage_bench.sweeps.search import resolve_storage

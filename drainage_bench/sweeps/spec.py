@@ -93,8 +93,10 @@ class SweepSpec:
                         if tuned is None:
                             raise UserError(f"spec {self.name!r}: loss {entry.name!r} asks for tuned parameters; "
                                             "run `drainage-bench tune` first")
+                        # Tuned values may be loss parameters or trial fields (ANL's l1_delta).
                         params, source = tuned(config)
-                        config = config.replace(loss_params=params, params_source=source)
+                        config = build_config(self.dataset, entry.name, {**values, **params})
+                        config = config.replace(params_source=source)
                     configs.append(config)
         return configs
 
