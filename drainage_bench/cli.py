@@ -25,6 +25,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 DataRoot = Annotated[Optional[str], typer.Option("--data-root", help="Data folder (else $DRAINAGE_BENCH_DATA, else ./data).")]
 ResultsRoot = Annotated[Path, typer.Option("--results", help="Results root folder.")]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Fetch the dataset into the data root if it is missing (the only time anything is downloaded).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a trial field or loss parameter: key=value (repeatable).")]
 StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:///FILE.db, postgresql://..., mysql://..., or a journal file path (default: sqlite:///RESULTS/optuna.db).")]
 # Resources of Ray trials (sweep and tune).
@@ -96,6 +97,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's number of epochs.")] = None,
     set_: SetOpt = None,
     data_root: DataRoot = None,
+    download: DownloadOpt = False,
     results: ResultsRoot = Path("results"),
     name: Annotated[str, typer.Option(help="Results subfolder for single trials.")] = "train",
 ) -> None:
@@ -110,6 +112,7 @@ def train(
     if data_root is not None:
         overrides["data_root"] = data_root
     config = build_config(dataset, loss, overrides)
+    _load(dataset, data_root, download)  # bad data fails here, before anything is shown or written
     console.print(f"trial {config.trial_id}: {config.dataset} {config.loss} {config.noise_tag} "
                   f"seed {config.seed}, {config.model}, {config.epochs} epochs, lr {config.lr:g}")
 
@@ -135,6 +138,13 @@ def train(
 
 # ---------------------------------------------------------------------------------------------
 # Sweeps
+
+
+def _load(dataset: str, data_root: str | None, download: bool) -> None:
+    """Load (and with `download`, fetch) a dataset; the trainer then finds it in the cache."""
+    from drainage_bench.trainer.data import load_dataset, resolve_data_root
+
+    load_dataset(dataset, resolve_data_root(data_root), download=download)
 
 
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
@@ -167,6 +177,7 @@ def sweep(
     name: Annotated[str, typer.Argument(help="A named sweep (see `drainage-bench sweeps`) or a spec .toml file.")],
     results: ResultsRoot = Path("results"),
     data_root: DataRoot = None,
+    download: DownloadOpt = False,
     set_: SetOpt = None,
     cpus_per_trial: CpusOpt = None,
     gpus_per_trial: GpusOpt = None,
@@ -203,6 +214,8 @@ def sweep(
             table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
         console.print(table)
         return
+    if todo.todo and download:
+        _load(spec.dataset, data_root, download=True)
     if todo.todo and not address:
         found, detail = dataset_status(spec.dataset, resolve_data_root(data_root))
         if not found:
