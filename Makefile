@@ -4,7 +4,7 @@
 # VENV=/some/path reuses a virtual environment elsewhere (CI keeps one in ~/.cache).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := build/.installed
+STAMP := build/.installed$(subst /,_,$(abspath $(VENV)))
 
 .PHONY: test quickstart install
 

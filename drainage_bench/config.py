@@ -68,6 +68,8 @@ class TrialConfig:
     params_source: str | None = None
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
         object.__setattr__(self, "loss_params", _freeze_params(self.loss_params))
         _validate(self)
 
@@ -77,10 +79,19 @@ class TrialConfig:
         return dict(self.loss_params)
 
     def canonical(self) -> dict[str, Any]:
-        """The fields that define the experiment, as plain JSON-able values."""
+        """The fields that define the experiment, as plain JSON-able values.
+
+        Settings that have no effect (a step size under a cosine schedule, the split's seed
+        without a split) are left out, so they cannot make one experiment look like two.
+        """
+        unused = set(NOT_HASHED)
+        if self.schedule != "step":
+            unused |= {"step_size", "step_gamma"}
+        if self.val_fraction == 0:
+            unused |= {"val_labels", "split_seed"}
         out = {}
         for f in dataclasses.fields(self):
-            if f.name in NOT_HASHED:
+            if f.name in unused:
                 continue
             value = getattr(self, f.name)
             out[f.name] = dict(value) if f.name == "loss_params" else value
@@ -145,25 +156,34 @@ def _validate(c: TrialConfig) -> None:
     object.__setattr__(c, "loss_params", _freeze_params(losses.validate_loss_params(c.loss, c.params)))
     info = data.DATASETS[c.dataset]
     noise.validate_noise(c.noise, c.noise_rate, info.num_classes, c.dataset, c.noise_key)
-    _check(isinstance(c.seed, int) and c.seed >= 0, "seed", c.seed, "a non-negative integer")
-    _check(isinstance(c.epochs, int) and c.epochs >= 1, "epochs", c.epochs, "an integer >= 1")
-    _check(isinstance(c.batch_size, int) and c.batch_size >= 1, "batch_size", c.batch_size, "an integer >= 1")
-    _check(isinstance(c.eval_every, int) and c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
+    _check(c.noise in ("sym", "asym", "instance") or c.noise_rate == 0, "noise_rate", c.noise_rate,
+           f"noise {c.noise!r} takes no rate (leave it 0)")
+    if c.noise == "human":  # the dataset's default key, spelled out: one experiment, one trial_id
+        object.__setattr__(c, "noise_key", noise.human_key(c.dataset, c.noise_key))
+    else:
+        _check(c.noise_key is None, "noise_key", c.noise_key, "only human noise takes a label key")
+    for name, low in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("step_size", 0),
+                      ("split_seed", 0)):
+        value = getattr(c, name)
+        _check(_integer(value) and value >= low, name, value, f"an integer >= {low}")
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, did_you_mean(c.optimizer, OPTIMIZERS))
     _check(c.schedule in SCHEDULES, "schedule", c.schedule, did_you_mean(c.schedule, SCHEDULES))
     _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
     _check(isinstance(c.amp, bool), "amp", c.amp, "true or false (bf16 autocast on CUDA)")
     _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
-    for name in ("lr",):
-        _check(_finite(getattr(c, name)) and getattr(c, name) > 0, name, getattr(c, name), "a number > 0")
+    _check(_finite(c.lr) and c.lr > 0, "lr", c.lr, "a number > 0")
     for name in ("momentum", "weight_decay", "l1_delta", "grad_clip", "step_gamma"):
         _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, name, getattr(c, name), "a number >= 0")
-    _check(0 <= c.val_fraction < 1, "val_fraction", c.val_fraction, "a fraction in [0, 1) (0.2 = the 80/20 split)")
+    _check(_finite(c.val_fraction) and 0 <= c.val_fraction < 1, "val_fraction", c.val_fraction, "a fraction in [0, 1) (0.2 = the 80/20 split)")
     _check(c.schedule != "step" or c.step_size >= 1, "step_size", c.step_size, "an integer >= 1 with schedule=step")
     if c.drainage_logit is not None:
         _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit, "a finite number, or none")
         _check(losses.LOSSES[c.loss].extra_outputs == 1, "drainage_logit", c.drainage_logit,
                "only the drainage loss has a drainage node")
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _finite(x: Any) -> bool:
@@ -239,7 +259,7 @@ def build_config(dataset: str, loss: str, overrides: dict[str, Any] | None = Non
     values.update(extra_trial)
     params.update(extra_params)
     values.update(dataset=dataset, loss=loss, loss_params=params)
-    return TrialConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return TrialConfig(**values)
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -42,11 +42,17 @@ class ResultsStore:
                     samples: dict[str, Any] | None = None) -> Path:
         """Write a finished (or failed) trial: epochs and samples first, the record last."""
         trial_id = record["trial_id"]
+        epochs_path = self.path / "epochs" / f"{trial_id}.parquet"
+        samples_path = self.path / "samples" / f"{trial_id}.parquet"
         if epochs:
             rows = [{"trial_id": trial_id, **row} for row in epochs]
-            atomic_write_parquet(pa.Table.from_pylist(rows), self.path / "epochs" / f"{trial_id}.parquet")
+            atomic_write_parquet(pa.Table.from_pylist(rows), epochs_path)
+        else:  # a retried trial must not keep the epochs of its earlier run
+            epochs_path.unlink(missing_ok=True)
         if samples:
-            atomic_write_parquet(pa.table(samples), self.path / "samples" / f"{trial_id}.parquet")
+            atomic_write_parquet(pa.table(samples), samples_path)
+        else:
+            samples_path.unlink(missing_ok=True)
         flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in record.items()}
         return atomic_write_parquet(pa.Table.from_pylist([flat]), self.trial_path(trial_id))
 
@@ -63,8 +69,10 @@ class ResultsStore:
     def trials(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """The trial records of the sweep (all, or some trial_ids) as one table (empty if none)."""
         df = read_folder(self.path / "trials", trial_ids)
-        if not df.empty and "sweep" not in df:
-            df.insert(0, "sweep", self.sweep)
+        if not df.empty:
+            sweep = df["sweep"].fillna(self.sweep) if "sweep" in df else self.sweep
+            df = df.drop(columns="sweep", errors="ignore")
+            df.insert(0, "sweep", sweep)
         return df
 
     def epochs(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -75,11 +83,11 @@ class ResultsStore:
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""
-        df = self.trials()
+        df = read_folder(self.path / "trials", columns=["trial_id", "status"])
         return dict(zip(df["trial_id"], df["status"])) if not df.empty else {}
 
 
-def read_folder(folder: Path, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """All parquet files of a folder (optionally only some trial_ids) as one DataFrame.
 
     Files may have different columns (losses have different parameters): the schemas are
@@ -95,8 +103,8 @@ def read_folder(folder: Path, trial_ids: Iterable[str] | None = None) -> pd.Data
         return pd.DataFrame()
     try:
         schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-        table = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
-    except (pa.ArrowInvalid, OSError) as err:
+        table = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(columns=columns)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
         raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
     return table.to_pandas()
 

@@ -591,14 +591,17 @@ class RayPool:
                             "lower --cpus-per-trial / --gpus-per-trial")
         self.capacity = min(slots, resources.max_concurrent or slots)
         self.owner, self.objective = owner, objective
-        self.device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
+        self.resources = resources
         self.threads = max(1, int(resources.cpus_per_trial))
         self.task = ray.remote(_ray_trial).options(num_cpus=resources.cpus_per_trial,
                                                    num_gpus=resources.gpus_per_trial, max_retries=0)
         self.refs: dict[Any, int] = {}
 
     def submit(self, number: int, config: dict[str, Any]) -> None:
-        ref = self.task.remote({**config, "device": self.device}, number, self.owner, self.objective, self.threads)
+        from drainage_bench.sweeps.tune_runner import for_worker
+
+        worker_config = for_worker(TrialConfig.from_dict(config), self.resources)
+        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.threads)
         self.refs[ref] = number
 
     def wait(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:
@@ -635,17 +638,6 @@ class _RemoteOwner:
         return lambda *args: ray.get(method.remote(*args))
 
 
-def _start_ray(address: str | None) -> None:
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-
-
 # ---------------------------------------------------------------------------------------------
 # The driver
 
@@ -669,7 +661,9 @@ def run_search(search: Search, storage: str, *, resources=None, address: str | N
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        _start_ray(address)
+        from drainage_bench.sweeps.tune_runner import start_ray
+
+        start_ray(address)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         handle = ray.remote(StudyOwner).options(num_cpus=0, scheduling_strategy=here).remote(search, url, driver)
         owner = _RemoteOwner(handle)

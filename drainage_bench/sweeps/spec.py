@@ -42,8 +42,6 @@ TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "no
 LOSS_KEYS = {"name", "params", "set", "label"}
 NOISE_KEYS = {"type", "rates", "keys"}
 RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "max_concurrent"}
-METRICS = ("final_test_acc", "test_acc_at_best_val", "best_val_acc", "final_val_acc",
-           "final_drainage_share_clean", "final_drainage_share_noisy")
 
 # Looks up tuned parameters: (dataset, loss, noise_type, rate, key) -> (params, source).
 TunedLookup = Callable[[TrialConfig], tuple[dict[str, Any], str]]
@@ -71,7 +69,7 @@ class SweepSpec:
     losses: tuple[LossEntry, ...]
     noise: tuple[NoiseSetting, ...]
     seeds: tuple[int, ...]
-    metric: str = "final_test_acc"
+    metric: str = "final_test_acc"  # a table metric name (see analysis.tables.METRICS)
     description: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
@@ -144,7 +142,9 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         raise _fail(source, f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
     metric = raw.get("metric", "final_test_acc")
-    if metric not in METRICS:
+    from drainage_bench.analysis.tables import METRIC_ALIASES, METRICS
+
+    if METRIC_ALIASES.get(metric, metric) not in METRICS:
         raise _fail(source, f"unknown metric {metric!r}; " + did_you_mean(metric, METRICS))
     resources_ = raw.get("resources", {})
     if not isinstance(resources_, dict):

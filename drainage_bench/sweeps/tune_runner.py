@@ -18,7 +18,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from drainage_bench.analysis.store import ResultsStore
@@ -70,6 +69,26 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> 
     return res
 
 
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start Ray on this machine (once per process)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+
+
+def for_worker(config: TrialConfig, resources: Resources) -> dict[str, Any]:
+    """The config as a Ray worker gets it: its device, and the data root as an absolute path
+    (Tune runs each trial in a folder of its own, where a relative path means something else)."""
+    from drainage_bench.trainer.data import resolve_data_root
+
+    device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
+    root = str(resolve_data_root(config.data_root).absolute())
+    return config.replace(device=device, data_root=root).to_dict()
+
+
 # ---------------------------------------------------------------------------------------------
 # The trial, as Tune runs it (in a worker process)
 
@@ -110,7 +129,11 @@ def write_failed(store: ResultsStore, config: TrialConfig, error: str) -> None:
 
 @dataclass
 class Progress:
-    """Counts and best results, printed as trials end."""
+    """Counts and the best result so far per loss, printed as trials end.
+
+    `metric` is a table metric name (``final_test_acc``, ``drainage_clean``, ...); "best" follows
+    its direction (the lowest drainage share of clean samples is the best one).
+    """
 
     plan: Plan
     store: ResultsStore
@@ -123,25 +146,31 @@ class Progress:
     best: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        trials = self.store.trials()
-        if not trials.empty:
-            ok = trials[(trials["status"] == "ok") & trials["trial_id"].isin([c.trial_id for c in self.plan.configs])]
-            for label, value in ok.groupby("loss_display")[self.metric].max().items():
-                self.best[label] = value
+        from drainage_bench.analysis.tables import get_metric
+
+        m = get_metric(self.metric)
+        self.column, self.sign = m.column, (1.0 if m.higher_is_better else -1.0)
+        ids = [c.trial_id for c in self.plan.configs]
+        trials = self.store.trials(ids)
+        if not trials.empty and self.column in trials:
+            for _, row in trials[trials["status"] == "ok"].iterrows():
+                self._offer(row["loss_display"], row[self.column])
+
+    def _offer(self, label: str, value: float) -> None:
+        if not math.isnan(value) and self.sign * value > self.sign * self.best.get(label, -self.sign * math.inf):
+            self.best[label] = value
 
     def trial_ended(self, trial_id: str) -> None:
         record = self.store.trials([trial_id])
         self.finished += 1
         if record.empty or record.iloc[0]["status"] != "ok":
             self.failed += 1
-            error = "" if record.empty else str(record.iloc[0]["error"])[:160]
+            error = "no record" if record.empty else str(record.iloc[0]["error"])[:300]
             self.emit(f"[red]failed[/] {trial_id}: {error}")
         else:
             row = record.iloc[0]
-            value = row.get(self.metric, math.nan)
-            label = row["loss_display"]
-            if not math.isnan(value) and value > self.best.get(label, -math.inf):
-                self.best[label] = value
+            value = row.get(self.column, math.nan)
+            self._offer(row["loss_display"], value)
             self.emit(f"done {trial_id}: {self.metric} {100 * value:.2f}% ({row['wall_seconds']:.0f}s)")
         self.emit(self.line())
 
@@ -150,9 +179,10 @@ class Progress:
         pending = max(0, total - self.finished - self.running)
         elapsed = time.monotonic() - self.started
         eta = "?" if not self.finished else _hms(elapsed / self.finished * (total - self.finished))
-        best = "  ".join(f"{k} {100 * v:.1f}" for k, v in sorted(self.best.items(), key=lambda kv: -kv[1]))
+        ranked = sorted(self.best.items(), key=lambda kv: -self.sign * kv[1])
+        best = "  ".join(f"{k} {100 * v:.1f}" for k, v in ranked)
         return (f"[bold]{self.finished}/{total}[/] done ({self.failed} failed), {self.running} running, "
-                f"{pending} pending | {_hms(elapsed)} elapsed, ~{eta} left | best: {best or '—'}")
+                f"{pending} pending | {_hms(elapsed)} elapsed, ~{eta} left | best {self.metric}: {best or '—'}")
 
 
 def _hms(seconds: float) -> str:
@@ -203,15 +233,11 @@ def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resource
 
     if not todo:
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR,
-                 log_to_driver=False, configure_logging=True)
-    device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
+    start_ray(address)
     root = str(store.root.resolve())
     trainable = tune.with_resources(tune_trainable, {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial})
-    grid = [{"trial": c.replace(device=device).to_dict(), "trial_id": c.trial_id} for c in todo]
+    grid = [{"trial": for_worker(c, resources), "trial_id": c.trial_id} for c in todo]
     param_space = {
         "case": tune.grid_search(grid),
         "results_root": root, "sweep": store.sweep, "retry_failed": retry_failed,

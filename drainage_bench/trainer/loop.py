@@ -18,6 +18,7 @@ import random
 import socket
 import time
 import traceback
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -120,8 +121,7 @@ class TensorBatches:
         self.images = images.to(device, non_blocking=True)
 
     def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for idx in order.split(batch_size):
-            idx = idx.to(self.images.device, non_blocking=True)
+        for idx in order.to(self.images.device).split(batch_size):  # one copy per epoch
             yield idx, self.images[idx]
 
 
@@ -273,7 +273,11 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
         result.status = "failed"
         result.error = f"{type(err).__name__}: {err}"
         if not isinstance(err, Diverged):
-            result.error += " | " + traceback.format_exc(limit=-3).strip().splitlines()[-1]
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            result.error += f" (at {Path(where.filename).name}:{where.lineno} in {where.name})"
+    finally:
+        if device.type == "cuda":  # a reused Ray actor runs the next trial in this process
+            torch.cuda.empty_cache()
     result.wall_seconds = time.perf_counter() - start
     result.summary = summarize(epochs)
     return result
@@ -289,6 +293,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
     amp = cuda and config.amp
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
     augment = make_augment(config.augment)
@@ -316,11 +321,11 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
         for idx, images in p.train(order, config.batch_size):
             logits = forward(images, train=True)
             y = p.train_labels[idx]
-            loss = loss_fn(logits, y)
+            loss = objective = loss_fn(logits, y)
             if config.l1_delta > 0:
-                loss = loss + config.l1_delta * l1_penalty(params)
+                objective = loss + config.l1_delta * l1_penalty(params)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
@@ -337,7 +342,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
         metrics = {
             "epoch": epoch,
             "lr": lr,
-            "train_loss": train_loss,
+            "train_loss": train_loss,  # the loss alone, without the L1 term
             "train_acc_noisy": total[1] / p.n_train,
             "train_acc_clean": total[2] / p.n_train,
             "memorized": total[6] / n_noisy if n_noisy else math.nan,

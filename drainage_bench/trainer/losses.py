@@ -117,7 +117,7 @@ def validate_loss_params(name: str, params: dict) -> dict:
     completed = {key: _as_number(name, key, params.get(key, default), default)
                  for key, default in defaults.items()}
     cls.check_params(completed)
-    return completed
+    return cls.derive_params(completed)
 
 
 def _as_number(loss: str, key: str, value, default: float | None) -> float | None:
@@ -257,6 +257,11 @@ class RobustLoss(nn.Module):
         self.reduction = reduction
         for key, value in params.items():
             setattr(self, key, value)
+
+    @classmethod
+    def derive_params(cls, params: dict) -> dict:
+        """Fill parameters whose default is derived from others (so equal losses hash equal)."""
+        return params
 
     @classmethod
     def check_params(cls, params: dict) -> None:
@@ -667,6 +672,12 @@ class DrainageLoss(RobustLoss):
         super().__init__(num_classes, reduction, alpha=alpha, beta=beta)
         if beta is None:
             self.beta = 1.0 / alpha
+
+    @classmethod
+    def derive_params(cls, params: dict) -> dict:
+        if params.get("beta") is None:
+            return {**params, "beta": 1.0 / params["alpha"]}
+        return params
 
     def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
         z_d = logits[:, -1]
