@@ -551,7 +551,9 @@ def test_unknown_parameter_lists_the_valid_ones():
 def test_validate_completes_with_defaults_without_num_classes():
     assert validate_loss_params("nce_agce", {"beta": 2}) == {
         "alpha": 1.0, "beta": 2.0, "a": 6.0, "q": 1.5}
-    assert validate_loss_params("drainage", {}) == {"alpha": 1.0, "beta": None}
+    # beta's default is derived (1/alpha) and spelled out, so equal losses get equal trial_ids
+    assert validate_loss_params("drainage", {}) == {"alpha": 1.0, "beta": 1.0}
+    assert validate_loss_params("drainage", {"alpha": 4}) == {"alpha": 4.0, "beta": 0.25}
 
 
 @pytest.mark.parametrize("name, key, value", [
