@@ -111,6 +111,25 @@ def test_plan_tune_takes_dataset_losses_noise_and_settings_from_a_spec() -> None
         S.plan_tune("digitz", ["drainage"], ["none"])
 
 
+def test_a_spec_loss_entry_carries_its_search_ranges(tmp_path: Path) -> None:
+    spec = tmp_path / "ranges.toml"
+    spec.write_text("""
+dataset = "digits"
+[[noise]]
+type = "asym"
+rates = [0.4]
+[[losses]]
+name = "drainage"
+params = "tuned"
+space = { alpha = "loguniform:0.5:2", beta = "off" }
+""")
+    (search,) = S.plan_tune(str(spec), overrides={"epochs": 2}).searches
+    assert set(search.space) == {"alpha"}
+    assert (search.space["alpha"].low, search.space["alpha"].high, search.space["alpha"].log) == (0.5, 2.0, True)
+    (wider,) = S.plan_tune(str(spec), overrides={"epochs": 2}, space=["alpha=loguniform:0.1:10"]).searches
+    assert (wider.space["alpha"].low, wider.space["alpha"].high) == (0.1, 10.0)  # the command line wins
+
+
 def test_storage_urls() -> None:
     assert S.resolve_storage(None, "res") == f"sqlite:///{Path('res').resolve() / 'optuna.db'}"
     assert S.resolve_storage("studies.journal") == str(Path("studies.journal").resolve())

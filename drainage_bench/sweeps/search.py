@@ -304,18 +304,29 @@ def plan_tune(target: str, losses: list[str] | None = None, noises: list[str] | 
             raise UserError(f"spec {spec.name!r} has no loss with params = \"tuned\"; name the losses with --loss")
         noises = noises or [noise_arg(n.type, n.rate, n.key) for n in spec.noise]
         own = {loss: _loss_set(spec, loss) for loss in losses}
+        own_space = {loss: [f"{k}={v}" for k, v in _loss_space(spec, loss).items()] for loss in losses}
     elif target in DATASETS:
         if not (losses and noises):
             raise UserError(f"tune {target}: name --loss and --noise (a sweep spec supplies them from its losses "
                             "with params = \"tuned\" and its noise settings)")
-        dataset, shared, res, own = target, {}, {}, {}
+        dataset, shared, res, own, own_space = target, {}, {}, {}, {}
     else:
         raise UserError(f"{target!r} is neither a sweep nor a dataset; "
                         + did_you_mean(target, [*builtin_specs(), *DATASETS]) + " (or a spec .toml file)")
+    cli_space = settings.pop("space", None) or []  # the command line wins over the spec
     searches = [make_search(dataset, loss, noise, overrides={**shared, **own.get(loss, {}), **(overrides or {})},
-                            **settings)
+                            space=[*own_space.get(loss, []), *cli_space], **settings)
                 for loss in losses for noise in noises]
     return TunePlan(searches=searches, resources=res)
+
+
+def _loss_space(spec, loss: str) -> dict[str, str]:
+    """The search ranges the spec's entries for `loss` give (``space = {alpha = "..."}``)."""
+    out: dict[str, str] = {}
+    for entry in spec.losses:
+        if entry.name == loss:
+            out.update(entry.space)
+    return out
 
 
 def _loss_set(spec, loss: str) -> dict[str, Any]:

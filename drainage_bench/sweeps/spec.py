@@ -24,6 +24,7 @@ A spec names one dataset and the grid over losses x noise settings x seeds::
     params = { alpha = 1.0 }           # or params = "tuned": the best trial of the Optuna study
     set = { l1_delta = 1e-3 }          # this loss's own recipe overrides
     label = "Drainage"                 # the row's name in tables
+    space = { alpha = "loguniform:0.01:10" }   # `tune`'s search ranges for this loss
 
 Named specs ship in ``sweeps/specs/``; a path to a user's own file works the same way.
 """
@@ -39,7 +40,7 @@ from drainage_bench.config import TrialConfig, build_config
 from drainage_bench.errors import UserError, did_you_mean
 
 TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses"}
-LOSS_KEYS = {"name", "params", "set", "label"}
+LOSS_KEYS = {"name", "params", "set", "label", "space"}
 NOISE_KEYS = {"type", "rates", "keys"}
 RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "max_concurrent"}
 
@@ -53,6 +54,7 @@ class LossEntry:
     params: dict[str, Any] | str = field(default_factory=dict)  # dict, or "tuned"
     set: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    space: dict[str, str] = field(default_factory=dict)  # Optuna ranges for `tune`: name -> "loguniform:LO:HI"
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def _loss_entries(value: Any, source: str) -> list[LossEntry]:
             params = _table(params, source, f"losses.{item['name']}.params")
         entries.append(LossEntry(name=item["name"], params=params,
                                  set=_table(item.get("set", {}), source, f"losses.{item['name']}.set"),
-                                 label=item.get("label")))
+                                 label=item.get("label"),
+                                 space=_table(item.get("space", {}), source, f"losses.{item['name']}.space")))
     return entries
 
 
