@@ -136,16 +136,39 @@ class _Indexed(torch.utils.data.Dataset):
         return i, self.dataset[int(self.indices[i])]
 
 
+class _OrderedBatches:
+    """A batch sampler whose order is set before each pass (read in the main process)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.order = batch_size, torch.arange(0)
+
+    def __iter__(self):
+        return (b.tolist() for b in self.order.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch_size)
+
+
 class StreamBatches:
-    """Images decoded from files by DataLoader workers; positions refer to `indices`."""
+    """Images decoded from files by DataLoader workers; positions refer to `indices`.
+
+    One DataLoader per source with persistent workers: each pass only sets a new order.
+    """
 
     def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray, device: torch.device) -> None:
         self.dataset, self.device = _Indexed(dataset, indices), device
+        self.loaders: dict[int, tuple[torch.utils.data.DataLoader, _OrderedBatches]] = {}
 
     def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=[b.tolist() for b in order.split(batch_size)],
-            num_workers=min(8, torch.get_num_threads()), pin_memory=self.device.type == "cuda")
+        if batch_size not in self.loaders:
+            sampler = _OrderedBatches(batch_size)
+            workers = min(8, torch.get_num_threads())
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                pin_memory=self.device.type == "cuda")
+            self.loaders[batch_size] = (loader, sampler)
+        loader, sampler = self.loaders[batch_size]
+        sampler.order = order
         for idx, images in loader:
             yield idx.to(self.device), images.to(self.device, non_blocking=True)
 
