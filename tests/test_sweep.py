@@ -177,3 +177,28 @@ def test_spec_loss_entries_carry_labels_and_recipe_overrides() -> None:
     with pytest.raises(UserError, match="tuned"):
         parse_spec({"dataset": "digits", "losses": [{"name": "drainage", "params": "tuned"}],
                     "noise": [{"type": "none"}]}, name="t").expand()
+
+
+@pytest.mark.slow
+def test_a_trial_whose_worker_dies_is_not_recorded_and_runs_again(tmp_path: Path) -> None:
+    """A lost worker (as on a crashed node) is not the trial's fault: no record, rerun next time."""
+    spec = write_spec(tmp_path / "lost.toml", TINY.format(epochs=60, concurrent=1).replace(
+        "seeds = [0, 1, 2]", "seeds = [0, 1]").replace('[[losses]]\nname = "drainage"\n', ""))
+    driver = subprocess.Popen([*CLI, "sweep", str(spec), "--results", "results"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = None
+    deadline = time.monotonic() + 120
+    while worker is None and time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
+        worker = int(found[0]) if found else None
+        time.sleep(0.5)
+    assert worker is not None, "no Tune worker appeared"
+    time.sleep(5)  # inside the first trial's epochs
+    os.kill(worker, signal.SIGKILL)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output
+    store = ResultsStore(tmp_path / "results", "lost")
+    assert len(store.trial_ids()) == 1 and "lost" in output and "1 missing" in output
+    again = run_cli("sweep", str(spec), "--results", "results", cwd=tmp_path)
+    assert again.returncode == 0 and "1 to run" in again.stdout.replace("\n", " ")
+    assert store.trial_ids() == expected_ids(spec) and (store.trials()["status"] == "ok").all()

@@ -7,8 +7,9 @@ moment it ends, so whatever kills the driver (Ctrl+C, SIGKILL, a crashed node) t
 up exactly the trials without a record. (Tune's own restore re-runs trials that finished after its
 last snapshot when the driver is killed, so it is not used for resuming.)
 
-Failures: the trainer records a NaN loss or an exception as a failed trial; a worker that dies
-outright (killed by the OOM killer) is recorded as failed by the driver's callback. Failed trials
+Failures: the trainer records a NaN loss or an exception as a failed trial; a worker killed for
+memory is recorded as failed by the driver's callback; a worker lost otherwise (its node crashed,
+its process was killed) leaves no record, so the next run trains that trial again. Failed trials
 are skipped on the next run unless ``retry_failed``.
 """
 from __future__ import annotations
@@ -142,6 +143,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     finished: int = 0
     failed: int = 0
+    lost: int = 0
     running: int = 0
     best: dict[str, float] = field(default_factory=dict)
 
@@ -174,6 +176,13 @@ class Progress:
             self.emit(f"done {trial_id}: {self.metric} {100 * value:.2f}% ({row['wall_seconds']:.0f}s)")
         self.emit(self.line())
 
+    def trial_lost(self, trial_id: str, error: str) -> None:
+        """A trial whose worker vanished (a lost node): no record, so the next run retries it."""
+        self.finished += 1
+        self.lost += 1
+        self.emit(f"[yellow]lost[/] {trial_id} (runs again next time): {error or 'the worker died'}")
+        self.emit(self.line())
+
     def line(self) -> str:
         total = len(self.plan.todo)
         pending = max(0, total - self.finished - self.running)
@@ -181,8 +190,17 @@ class Progress:
         eta = "?" if not self.finished else _hms(elapsed / self.finished * (total - self.finished))
         ranked = sorted(self.best.items(), key=lambda kv: -self.sign * kv[1])
         best = "  ".join(f"{k} {100 * v:.1f}" for k, v in ranked)
-        return (f"[bold]{self.finished}/{total}[/] done ({self.failed} failed), {self.running} running, "
+        lost = f", {self.lost} lost" if self.lost else ""
+        return (f"[bold]{self.finished}/{total}[/] done ({self.failed} failed{lost}), {self.running} running, "
                 f"{pending} pending | {_hms(elapsed)} elapsed, ~{eta} left | best {self.metric}: {best or '—'}")
+
+
+def _error_text(trial) -> str:
+    """The error text Tune kept for a trial ('' if none)."""
+    try:
+        return str(trial.get_error() or "")
+    except Exception:  # noqa: BLE001 - missing or unreadable error file
+        return ""
 
 
 def _hms(seconds: float) -> str:
@@ -212,11 +230,20 @@ def _progress_callback(progress: Progress):
             self.progress.trial_ended(trial.config["case"]["trial_id"])
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            # The trainable records every error itself, so Tune sees one only when the worker
+            # process died: killed for memory (a property of the trial: recorded as failed), or
+            # its node lost (not the trial's fault: no record, it runs again next time).
             self.progress.running -= 1
             config = TrialConfig.from_dict(trial.config["case"]["trial"])
-            if not self.progress.store.trial_path(config.trial_id).exists():
-                write_failed(self.progress.store, config, f"the Ray worker died: {trial.error_file or 'no error file'}")
-            self.progress.trial_ended(config.trial_id)
+            error = _error_text(trial)
+            last = error.strip().splitlines()[-1][:300] if error.strip() else ""
+            if self.progress.store.trial_path(config.trial_id).exists():
+                self.progress.trial_ended(config.trial_id)
+            elif "OutOfMemoryError" in error:
+                write_failed(self.progress.store, config, f"the Ray worker was killed for memory: {last}")
+                self.progress.trial_ended(config.trial_id)
+            else:
+                self.progress.trial_lost(config.trial_id, last)
 
     return ProgressCallback(progress)
 
