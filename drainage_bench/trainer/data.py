@@ -541,7 +541,8 @@ class ImageFiles(Dataset):
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except OSError as exc:
-            raise UserError(f"{path} cannot be decoded as an image ({exc}); check the dataset files") from exc
+            # Not a UserError: found mid-training, it fails the trial (recorded), not the program.
+            raise OSError(f"{path} cannot be decoded as an image ({exc}); check the dataset files") from exc
         image = TF.center_crop(TF.resize(image, self.resize), self.size)
         return TF.pil_to_tensor(image)
 
