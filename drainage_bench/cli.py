@@ -205,6 +205,9 @@ def sweep(
         cpus_per_trial=cpus_per_trial or spec.resources.get("cpus_per_trial", 1),
         gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else spec.resources.get("gpus_per_trial", 0),
         max_concurrent=max_concurrent or spec.resources.get("max_concurrent")), address, gpus_per_trial is not None)
+    if spec.resources.get("gpus_per_trial") and not res.gpus_per_trial:
+        console.print(f"[dim]no CUDA GPU here: the spec's {spec.resources['gpus_per_trial']:g} GPU per trial is "
+                      "dropped and trials run on the CPU[/]")
     console.print(f"sweep [bold]{spec.name}[/]: {len(todo.configs)} trials, {len(todo.done)} recorded, "
                   f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
     if dry_run:
