@@ -147,6 +147,32 @@ def _load(dataset: str, data_root: str | None, download: bool) -> None:
     load_dataset(dataset, resolve_data_root(data_root), download=download)
 
 
+def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concurrent: int | None,
+               address: str | None):
+    """Trial resources: the command line, else the spec's `defaults`; checked before Ray starts."""
+    from drainage_bench.sweeps.tune_runner import Resources, check_resources
+
+    res = check_resources(Resources(
+        cpus_per_trial=cpus or defaults.get("cpus_per_trial", 1),
+        gpus_per_trial=gpus if gpus is not None else defaults.get("gpus_per_trial", 0),
+        max_concurrent=max_concurrent or defaults.get("max_concurrent")), address, gpus is not None)
+    if defaults.get("gpus_per_trial") and not res.gpus_per_trial:
+        console.print(f"[dim]no CUDA GPU here: the spec's {defaults['gpus_per_trial']:g} GPU per trial is "
+                      "dropped and trials run on the CPU[/]")
+    return res
+
+
+def _require_dataset(dataset: str, data_root: str | None, address: str | None) -> None:
+    """On this machine (no cluster), the dataset's files must be there before Ray starts."""
+    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+
+    if address:
+        return
+    found, detail = dataset_status(dataset, resolve_data_root(data_root))
+    if not found:
+        raise UserError(f"dataset {dataset!r} is not available: {detail}")
+
+
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
     """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies in `storage`."""
 
@@ -193,21 +219,14 @@ def sweep(
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import Progress, Resources, check_resources, plan, run_trials
-    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
 
     spec = load_spec(name)
     configs = _expand(spec, data_root, storage, results, parse_set(set_))
     store = ResultsStore(results, spec.name)
     todo = plan(configs, store, retry_failed)
     address = address or os.environ.get("RAY_ADDRESS")
-    res = check_resources(Resources(
-        cpus_per_trial=cpus_per_trial or spec.resources.get("cpus_per_trial", 1),
-        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else spec.resources.get("gpus_per_trial", 0),
-        max_concurrent=max_concurrent or spec.resources.get("max_concurrent")), address, gpus_per_trial is not None)
-    if spec.resources.get("gpus_per_trial") and not res.gpus_per_trial:
-        console.print(f"[dim]no CUDA GPU here: the spec's {spec.resources['gpus_per_trial']:g} GPU per trial is "
-                      "dropped and trials run on the CPU[/]")
+    res = _resources(spec.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
     console.print(f"sweep [bold]{spec.name}[/]: {len(todo.configs)} trials, {len(todo.done)} recorded, "
                   f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
     if dry_run:
@@ -219,10 +238,8 @@ def sweep(
         return
     if todo.todo and download:
         _load(spec.dataset, data_root, download=True)
-    if todo.todo and not address:
-        found, detail = dataset_status(spec.dataset, resolve_data_root(data_root))
-        if not found:
-            raise UserError(f"dataset {spec.dataset!r} is not available: {detail}")
+    if todo.todo:
+        _require_dataset(spec.dataset, data_root, address)
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
@@ -357,23 +374,14 @@ def tune(
     """Search loss parameters with Optuna: train on 80% of the training set, score on the other 20%."""
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.search import plan_tune, run_search
-    from drainage_bench.sweeps.tune_runner import Resources, check_resources
-    from drainage_bench.trainer.data import dataset_status, resolve_data_root
 
     overrides = {**parse_set(set_), **({"data_root": data_root} if data_root else {})}
     plan = plan_tune(target, loss, noise, overrides=overrides, space=space, trials=trials, objective=objective,
                      pruner=pruner, seed=seed, val_labels=val_labels, heartbeat=heartbeat)
     url = _storage_url(storage, results)
     address = address or os.environ.get("RAY_ADDRESS")
-    res = None if in_process else check_resources(Resources(
-        cpus_per_trial=cpus_per_trial or plan.resources.get("cpus_per_trial", 1),
-        gpus_per_trial=gpus_per_trial if gpus_per_trial is not None else plan.resources.get("gpus_per_trial", 0),
-        max_concurrent=max_concurrent or plan.resources.get("max_concurrent")), address, gpus_per_trial is not None)
-    dataset = plan.searches[0].base.dataset
-    if not address:
-        found, detail = dataset_status(dataset, resolve_data_root(data_root))
-        if not found:
-            raise UserError(f"dataset {dataset!r} is not available: {detail}")
+    res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
+    _require_dataset(plan.searches[0].base.dataset, data_root, address)
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:
         tally = run_search(search, url, resources=res, address=address,

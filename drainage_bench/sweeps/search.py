@@ -603,7 +603,6 @@ class RayPool:
         self.capacity = min(slots, resources.max_concurrent or slots)
         self.owner, self.objective = owner, objective
         self.resources = resources
-        self.threads = max(1, int(resources.cpus_per_trial))
         self.task = ray.remote(_ray_trial).options(num_cpus=resources.cpus_per_trial,
                                                    num_gpus=resources.gpus_per_trial, max_retries=0)
         self.refs: dict[Any, int] = {}
@@ -612,7 +611,7 @@ class RayPool:
         from drainage_bench.sweeps.tune_runner import for_worker
 
         worker_config = for_worker(TrialConfig.from_dict(config), self.resources)
-        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.threads)
+        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.resources.threads)
         self.refs[ref] = number
 
     def wait(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:

@@ -37,8 +37,10 @@ class Plan:
 
 def plan(configs: list[TrialConfig], store: ResultsStore, retry_failed: bool = False) -> Plan:
     statuses = store.statuses()
-    seen: set[str] = set()
-    unique = [c for c in configs if not (c.trial_id in seen or seen.add(c.trial_id))]
+    by_id: dict[str, TrialConfig] = {}
+    for c in configs:  # the same experiment twice in a spec runs once (the first one's label)
+        by_id.setdefault(c.trial_id, c)
+    unique = list(by_id.values())
     done = {c.trial_id: statuses[c.trial_id] for c in unique if c.trial_id in statuses}
     todo = [c for c in unique if c.trial_id not in done or (retry_failed and done[c.trial_id] != "ok")]
     return Plan(configs=unique, todo=todo, done=done)
@@ -49,6 +51,11 @@ class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+
+    @property
+    def threads(self) -> int:
+        """torch threads of a trial: its whole CPUs, at least one."""
+        return max(1, int(self.cpus_per_trial))
 
 
 def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> Resources:
@@ -102,10 +109,9 @@ def tune_trainable(params: dict[str, Any]) -> None:
 
     config = TrialConfig.from_dict(params["case"]["trial"])
     store = ResultsStore(params["results_root"], params["sweep"])
-    if params.get("threads"):
-        import torch
+    import torch
 
-        torch.set_num_threads(int(params["threads"]))
+    torch.set_num_threads(params["threads"])
     if store.trial_path(config.trial_id).exists() and not params.get("retry_failed"):
         return  # finished by an earlier, interrupted run of the driver
     try:
@@ -268,7 +274,7 @@ def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resource
     param_space = {
         "case": tune.grid_search(grid),
         "results_root": root, "sweep": store.sweep, "retry_failed": retry_failed,
-        "threads": max(1, int(resources.cpus_per_trial)),
+        "threads": resources.threads,
     }
 
     def name(trial) -> str:

@@ -203,36 +203,34 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         data.train_labels, config.noise, config.noise_rate, data.num_classes, dataset=config.dataset,
         seed=config.seed, images=data.train_images if isinstance(data, TensorData) else None,
         key=config.noise_key, data_root=root)
-    n_all = len(data.train_labels)
-    if config.val_fraction > 0:
+    split = config.val_fraction > 0
+    if split:
         # Noise first, on the whole training set; then a stratified split (by the observed labels)
         # with its own fixed seed. The validation part carries clean labels unless asked otherwise.
         train_idx, val_idx = stratified_split(noisy.labels, config.val_fraction, config.split_seed)
     else:
-        train_idx, val_idx = np.arange(n_all), np.array([], dtype=np.int64)
+        train_idx = np.arange(len(data.train_labels))
 
-    def batches(images: torch.Tensor | None, dataset, indices: np.ndarray):
+    def source(part: str, indices: np.ndarray | None = None):
+        """Batches over the "train" or "test" images, restricted to `indices` (None: all of them)."""
         if isinstance(data, StreamData):
-            return StreamBatches(dataset, indices, device)
-        return TensorBatches(images[torch.as_tensor(indices)], device)
+            dataset = getattr(data, part)
+            return StreamBatches(dataset, np.arange(len(dataset)) if indices is None else indices, device)
+        images = getattr(data, f"{part}_images")
+        return TensorBatches(images if indices is None else images[torch.as_tensor(indices)], device)
 
     def on_device(t: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
         return t[torch.as_tensor(indices)].to(device)
 
-    is_tensor = isinstance(data, TensorData)
-    train_src = batches(data.train_images if is_tensor else None, None if is_tensor else data.train, train_idx)
     evals = {}
     if evaluate_test:
-        n_test = len(data.test_labels)
-        evals["test"] = (batches(data.test_images if is_tensor else None, None if is_tensor else data.test,
-                                 np.arange(n_test)), data.test_labels.to(device), n_test)
-    if len(val_idx):
+        evals["test"] = (source("test"), data.test_labels.to(device), len(data.test_labels))
+    if split:
         val_labels = noisy.labels if config.val_labels == "noisy" else data.train_labels
-        evals["val"] = (batches(data.train_images if is_tensor else None, None if is_tensor else data.train, val_idx),
-                        on_device(val_labels, val_idx), len(val_idx))
+        evals["val"] = (source("train", val_idx), on_device(val_labels, val_idx), len(val_idx))
     shape = (1, -1, 1, 1)
     return Prepared(
-        train=train_src, n_train=len(train_idx),
+        train=source("train", train_idx if split else None), n_train=len(train_idx),
         train_labels=on_device(noisy.labels, train_idx), train_clean=on_device(data.train_labels, train_idx),
         train_is_noisy=on_device(noisy.is_noisy, train_idx), evals=evals, noisy=noisy,
         num_classes=data.num_classes,
