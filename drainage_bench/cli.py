@@ -219,7 +219,7 @@ def sweep(
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
+    from drainage_bench.sweeps.tune_runner import Progress, check_device, plan, run_trials
 
     spec = load_spec(name)
     configs = _expand(spec, data_root, storage, results, parse_set(set_))
@@ -227,6 +227,7 @@ def sweep(
     todo = plan(configs, store, retry_failed)
     address = address or os.environ.get("RAY_ADDRESS")
     res = _resources(spec.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
+    check_device(todo.todo, res)
     console.print(f"sweep [bold]{spec.name}[/]: {len(todo.configs)} trials, {len(todo.done)} recorded, "
                   f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
     if dry_run:
@@ -374,6 +375,7 @@ def tune(
     """Search loss parameters with Optuna: train on 80% of the training set, score on the other 20%."""
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.search import plan_tune, run_search
+    from drainage_bench.sweeps.tune_runner import check_device
 
     overrides = {**parse_set(set_), **({"data_root": data_root} if data_root else {})}
     plan = plan_tune(target, loss, noise, overrides=overrides, space=space, trials=trials, objective=objective,
@@ -381,6 +383,8 @@ def tune(
     url = _storage_url(storage, results)
     address = address or os.environ.get("RAY_ADDRESS")
     res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
+    if res is not None:
+        check_device([s.base for s in plan.searches], res)
     _require_dataset(plan.searches[0].base.dataset, data_root, address)
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:

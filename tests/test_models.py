@@ -138,3 +138,17 @@ def test_bad_arguments_are_user_errors(kwargs, message):
     args = dict(name="digits_cnn", num_classes=10, in_channels=1, image_size=8) | kwargs
     with pytest.raises(UserError, match=message):
         make_model(**args)
+
+
+def test_head_runs_in_fp32_under_bf16_autocast():
+    """The logits feed the loss in fp32, and a constant drainage logit keeps its exact value:
+    in bf16, 2.3 would become 2.296875 (8 bits of mantissa: 2 + 38/128)."""
+    assert torch.tensor(2.3, dtype=torch.bfloat16).item() == 2.296875  # what the guard prevents
+    head = ClassifierHead(5, 3, extra_outputs=1, drainage_logit=2.3)
+    features = torch.randn(4, 5).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(features)
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits[:, 3], torch.full((4,), 2.3))
+    expected = features.float() @ head.linear.weight.T + head.linear.bias
+    torch.testing.assert_close(logits[:, :3], expected, rtol=0, atol=1e-6)

@@ -261,9 +261,9 @@ def test_the_search_never_evaluates_on_the_test_set(tmp_path: Path, monkeypatch)
     sizes = []
     accuracy = loop._accuracy
 
-    def counted(forward, batches, labels, n, num_classes):
+    def counted(forward, batches, labels, n, *args):
         sizes.append(n)
-        return accuracy(forward, batches, labels, n, num_classes)
+        return accuracy(forward, batches, labels, n, *args)
 
     monkeypatch.setattr(loop, "_accuracy", counted)
     clean = run(f"sqlite:///{tmp_path / 'clean.db'}")

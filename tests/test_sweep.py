@@ -13,6 +13,7 @@ import pytest
 
 from drainage_bench.analysis.store import ResultsStore
 from drainage_bench.sweeps.spec import load_spec, parse_spec
+from drainage_bench.sweeps.tune_runner import Resources, check_device, for_worker
 from drainage_bench.errors import UserError
 
 CLI = [sys.executable, "-m", "drainage_bench.cli"]
@@ -144,6 +145,92 @@ def test_unknown_sweep_name_and_gpus_without_gpu_exit_2(tmp_path: Path) -> None:
     out = run_cli("sweep", "quickstart", "--gpus-per-trial", "0.25", "--results", "r", cwd=tmp_path, timeout=60)
     assert out.returncode == 2 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_gpu_share_and_device_are_checked_before_ray(tmp_path: Path) -> None:
+    out = run_cli("sweep", "quickstart", "--gpus-per-trial", "2", "--address", "auto", "--results", "r",
+                  cwd=tmp_path, timeout=60)
+    assert out.returncode == 2 and "between 0 and 1" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("sweep", "quickstart", "--set", "device=cuda", "--results", "r", cwd=tmp_path, timeout=60)
+    assert out.returncode == 2 and "device=cuda needs a GPU share" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> None:
+    config = load_spec("quickstart").expand()[0]
+    assert config.device == "auto"
+    quarter, none = Resources(1, 0.25), Resources(1, 0)
+    assert for_worker(config, quarter)["device"] == "cuda"
+    assert for_worker(config, none)["device"] == "cpu"
+    assert for_worker(config.replace(device="cpu"), quarter)["device"] == "cpu"
+    assert Path(for_worker(config, none)["data_root"]).is_absolute()
+    check_device([config.replace(device="cuda")], quarter)  # fine: it holds a GPU share
+    with pytest.raises(UserError, match="needs a GPU share"):
+        check_device([config, config.replace(device="cuda")], none)
+
+
+def _max_overlap(starts: pd.Series, ends: pd.Series) -> int:
+    """The most intervals [start, end] open at one instant."""
+    events = sorted([(t, 1) for t in pd.to_datetime(starts)] + [(t, -1) for t in pd.to_datetime(ends)],
+                    key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    open_now = most = 0
+    for _, step in events:
+        open_now += step
+        most = max(most, open_now)
+    return most
+
+
+def test_max_overlap_by_hand() -> None:
+    s = pd.Series(["2026-01-01T00:00:00", "2026-01-01T00:00:01", "2026-01-01T00:00:05"])
+    e = pd.Series(["2026-01-01T00:00:02", "2026-01-01T00:00:05", "2026-01-01T00:00:06"])
+    assert _max_overlap(s, e) == 2  # [0,2] and [1,5]; [5,6] starts as [1,5] ends
+
+
+@pytest.mark.slow
+def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(tmp_path: Path) -> None:
+    """Ray's GPUs are logical resources: a head that declares one GPU on this CPU-only machine
+    schedules like a one-GPU node. Eight trials at 0.25 GPU, with 8 CPUs free, run four at a time,
+    never more. (device=cpu keeps the training on the CPU: the share then only limits concurrency;
+    on a real GPU the four trials would share it. The GPU itself is not exercised here.)"""
+    import secrets
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))  # this cluster alone
+    ray = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="db-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus", "8", "--num-gpus", "1",
+                             "--port", str(port), "--temp-dir", temp, "--include-dashboard", "false",
+                             "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while subprocess.run([ray, "status", "--address", address], env=env, capture_output=True).returncode:
+            assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not come up"
+            time.sleep(1)
+        spec = write_spec(tmp_path / "pack.toml", TINY.format(epochs=15, concurrent=8).replace(
+            "seeds = [0, 1, 2]", "seeds = [0, 1, 2, 3]").replace("epochs = 15", 'epochs = 15, device = "cpu"'))
+        out = subprocess.run([*CLI, "sweep", str(spec), "--results", "results", "--address", address,
+                              "--gpus-per-trial", "0.25"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=400)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "0.25 GPU per trial" in out.stdout
+    finally:
+        head.terminate()  # `ray start --block` stops the processes of its cluster on SIGTERM
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+    trials = ResultsStore(tmp_path / "results", "pack").trials()
+    assert set(trials["trial_id"]) == expected_ids(spec) and len(trials) == 8
+    assert (trials["status"] == "ok").all() and (trials["device_used"] == "cpu").all()
+    assert (trials["gpus_per_trial"] == 0.25).all() and (trials["cpus_per_trial"] == 1).all()
+    assert _max_overlap(trials["started_at"], trials["finished_at"]) == 4
 
 
 def test_every_shipped_spec_expands_to_valid_unique_trials() -> None:

@@ -578,11 +578,16 @@ class LocalPool:
         self.queue.clear()
 
 
-def _ray_trial(config: dict[str, Any], number: int, owner, objective: str, threads: int) -> dict[str, Any]:
+def _ray_trial(config: dict[str, Any], number: int, owner, objective: str, threads: int,
+               gpu_share: float) -> dict[str, Any]:
+    """One trial in a Ray task (on a GPU, each task gets a fresh process: Ray's max_calls=1)."""
     import ray
     import torch
 
+    from drainage_bench.sweeps.tune_runner import claim_gpu_share
+
     torch.set_num_threads(threads)
+    claim_gpu_share(gpu_share)
     return run_one(config, number, lambda *args: ray.get(owner.report.remote(*args)), objective)
 
 
@@ -593,9 +598,9 @@ class RayPool:
         import ray
 
         total = ray.cluster_resources()
-        slots = int(total.get("CPU", 0) // resources.cpus_per_trial)
+        slots = int(total.get("CPU", 0) / resources.cpus_per_trial + 1e-9)  # 1 / 0.1 is 10 slots, not 9
         if resources.gpus_per_trial > 0:
-            slots = min(slots, int(total.get("GPU", 0) // resources.gpus_per_trial))
+            slots = min(slots, int(total.get("GPU", 0) / resources.gpus_per_trial + 1e-9))
         if slots < 1:
             raise UserError(f"a trial needs {resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU "
                             f"but Ray has {total.get('CPU', 0):g} CPU and {total.get('GPU', 0):g} GPU; "
@@ -611,7 +616,8 @@ class RayPool:
         from drainage_bench.sweeps.tune_runner import for_worker
 
         worker_config = for_worker(TrialConfig.from_dict(config), self.resources)
-        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.resources.threads)
+        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.resources.threads,
+                               self.resources.gpus_per_trial)
         self.refs[ref] = number
 
     def wait(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:

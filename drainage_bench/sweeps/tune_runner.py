@@ -14,9 +14,11 @@ are skipped on the next run unless ``retry_failed``.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -62,8 +64,9 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> 
     """Validate before Ray starts; a spec's GPU share is dropped (with a note) where there is no GPU."""
     if res.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial={res.cpus_per_trial} must be > 0")
-    if not 0 <= res.gpus_per_trial:
-        raise UserError(f"--gpus-per-trial={res.gpus_per_trial} must be >= 0")
+    if not 0 <= res.gpus_per_trial <= 1:
+        raise UserError(f"--gpus-per-trial={res.gpus_per_trial:g} must be between 0 and 1: a trial uses one GPU "
+                        "(0.25 packs four trials on a GPU)")
     if res.max_concurrent is not None and res.max_concurrent < 1:
         raise UserError(f"--max-concurrent={res.max_concurrent} must be >= 1")
     if res.gpus_per_trial > 0 and not address:
@@ -78,21 +81,73 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> 
 
 
 def start_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start Ray on this machine (once per process)."""
+    """Join the cluster at `address`, or start a Ray instance of our own on this machine (once per
+    process). Without an address Ray would join the cluster named in /tmp/ray/ray_current_cluster,
+    and wait forever if that one has died; ``--address auto`` joins a running one on purpose."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        with _quiet_stderr(enabled=bool(address)):
+            ray.init(address=address or "local", include_dashboard=False, logging_level=logging.ERROR,
+                     log_to_driver=False)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+        raise UserError(f"could not join the Ray cluster at {address} ({err}): check --address or RAY_ADDRESS; "
+                        "a cluster with token authentication (Ray >= 2.59 starts local ones with it) also needs "
+                        "RAY_AUTH_MODE=token and its token (`ray get-auth-token`) here") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr(enabled: bool):
+    """Silence file descriptor 2 while joining a cluster: Ray's C++ client prints a warning for
+    each failed attempt, which would bury the one-line error."""
+    if not enabled:
+        yield
+        return
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+GPU_MEMORY_HEADROOM = 0.95
+
+
+def claim_gpu_share(share: float) -> None:
+    """Cap this process's GPU memory at its share of the GPU (95% of it, leaving room for the
+    CUDA contexts): whether a trial runs out of memory is then a property of the trial, not of the
+    trials it happened to share the GPU with. No-op without CUDA or with a whole GPU."""
+    import torch
+
+    if 0 < share < 1 and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(share * GPU_MEMORY_HEADROOM)
+
+
+def check_device(configs: list[TrialConfig], resources: Resources) -> None:
+    """``device=cuda`` without a GPU share would use a GPU that Ray does not know is taken."""
+    if resources.gpus_per_trial == 0 and any(c.device == "cuda" for c in configs):
+        raise UserError("device=cuda needs a GPU share per trial: add --gpus-per-trial (1, or 0.25 to pack "
+                        "four trials on a GPU), or drop device=cuda")
 
 
 def for_worker(config: TrialConfig, resources: Resources) -> dict[str, Any]:
     """The config as a Ray worker gets it: its device, and the data root as an absolute path
-    (Tune runs each trial in a folder of its own, where a relative path means something else)."""
+    (Tune runs each trial in a folder of its own, where a relative path means something else).
+
+    ``device=auto`` becomes ``cuda`` when the trial holds a GPU share, else ``cpu``; an explicit
+    device stays (``cpu`` with a GPU share uses the share only to limit how many run at once).
+    """
     from drainage_bench.trainer.data import resolve_data_root
 
-    device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
+    device = config.device
+    if device == "auto":
+        device = "cuda" if resources.gpus_per_trial > 0 else "cpu"
     root = str(resolve_data_root(config.data_root).absolute())
     return config.replace(device=device, data_root=root).to_dict()
 
@@ -114,12 +169,19 @@ def tune_trainable(params: dict[str, Any]) -> None:
     torch.set_num_threads(params["threads"])
     if store.trial_path(config.trial_id).exists() and not params.get("retry_failed"):
         return  # finished by an earlier, interrupted run of the driver
+    claim_gpu_share(params["gpus_per_trial"])
     try:
         result = run_trial(config, on_epoch=lambda m: tune.report({**m, "trial_id": config.trial_id}))
     except Exception as err:  # noqa: BLE001 - e.g. bad data on this node: record it, go on
         write_failed(store, config, f"{type(err).__name__}: {err}")
         return
-    store.write_trial({**result.record(), "sweep": params["sweep"]}, result.epochs, result.samples)
+    record = {**result.record(), "sweep": params["sweep"],
+              "cpus_per_trial": params["cpus_per_trial"], "gpus_per_trial": params["gpus_per_trial"]}
+    store.write_trial(record, result.epochs, result.samples)
+    if result.broken_cuda:
+        # A sticky CUDA error: this (reused) actor would fail every later trial. End the process;
+        # the trial has its record, and Tune starts a fresh actor for the next one.
+        os._exit(1)
 
 
 def write_failed(store: ResultsStore, config: TrialConfig, error: str) -> None:
@@ -275,6 +337,7 @@ def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resource
         "case": tune.grid_search(grid),
         "results_root": root, "sweep": store.sweep, "retry_failed": retry_failed,
         "threads": resources.threads,
+        "cpus_per_trial": resources.cpus_per_trial, "gpus_per_trial": resources.gpus_per_trial,
     }
 
     def name(trial) -> str:

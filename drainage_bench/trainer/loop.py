@@ -17,6 +17,7 @@ import platform
 import random
 import socket
 import time
+from datetime import datetime
 import traceback
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from drainage_bench.trainer.losses import LOSSES, display_name, make_loss
 from drainage_bench.trainer.models import make_model
 from drainage_bench.trainer.noise import NoisyLabels, make_noisy_labels
 
-EVAL_BATCH = 1024
+MAX_EVAL_BATCH = 1024
 OnEpoch = Callable[[dict[str, Any]], None]
 
 
@@ -53,6 +54,8 @@ class TrialResult:
     realized_noise_rate: float
     wall_seconds: float
     error: str | None = None
+    started_at: float = field(default_factory=time.time)  # unix time
+    broken_cuda: bool = False  # a CUDA error left this process's GPU context unusable
     device: str = "cpu"
     samples: dict[str, np.ndarray] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
@@ -70,12 +73,18 @@ class TrialResult:
             "epochs_run": len(self.epochs),
             "wall_seconds": self.wall_seconds,
             "device_used": self.device,
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "started_at": _timestamp(self.started_at),
+            "finished_at": _timestamp(time.time()),
             "host": socket.gethostname(),
             "version": drainage_bench.__version__,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
         }
+
+
+def _timestamp(unix: float) -> str:
+    """Local time with milliseconds and the UTC offset, e.g. 2026-11-23T10:04:05.123+01:00."""
+    return datetime.fromtimestamp(unix).astimezone().isoformat(timespec="milliseconds")
 
 
 def summarize(epochs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -94,6 +103,12 @@ def summarize(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         out.update(best_val_acc=math.nan, best_val_epoch=-1, test_acc_at_best_val=math.nan)
     return out
+
+
+def eval_batch_size(train_batch: int) -> int:
+    """Evaluation batches: 4x the training batch, at most MAX_EVAL_BATCH (224 px ResNet-50 at
+    batch 64 evaluates 256 images at a time, not 1024, which matters on a shared GPU)."""
+    return max(train_batch, min(MAX_EVAL_BATCH, 4 * train_batch))
 
 
 def seed_everything(seed: int) -> None:
@@ -170,7 +185,7 @@ class StreamBatches:
         loader, sampler = self.loaders[batch_size]
         sampler.order = order
         for idx, images in loader:
-            yield idx.to(self.device), images.to(self.device, non_blocking=True)
+            yield idx.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
 
 
 @dataclass
@@ -271,21 +286,41 @@ class _CallbackError(Exception):
     """Carries an exception raised by on_epoch through run_trial's failure handling."""
 
 
-def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_test: bool = True) -> TrialResult:
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass uses the device: bf16 autocast and channels_last memory format.
+
+    ``for_device`` turns both on for CUDA only (autocast unless ``amp=false``); the CPU path stays
+    fp32 and deterministic. Tests pass ``Precision(True, True)`` to run the GPU recipe on a CPU.
+    """
+
+    autocast: bool
+    channels_last: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device, config: TrialConfig) -> "Precision":
+        cuda = device.type == "cuda"
+        return cls(autocast=cuda and config.amp, channels_last=cuda)
+
+
+def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_test: bool = True,
+              precision: Precision | None = None) -> TrialResult:
     """Train one trial. Failures become ``status="failed"``; UserError and on_epoch's errors raise.
 
     ``evaluate_test=False`` never evaluates on the test split (``test_acc`` stays NaN): the Optuna
-    search scores on the validation part only.
+    search scores on the validation part only. ``precision`` defaults to ``Precision.for_device``.
     """
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     seed_everything(config.seed)
     device = pick_device(config.device)
     prepared = prepare(config, device, evaluate_test)  # UserError (bad data) propagates
     epochs: list[dict[str, Any]] = []
     result = TrialResult(config=config, status="ok", epochs=epochs, device=str(device),
-                         realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0)
+                         realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0,
+                         started_at=started_at)
+    precision = precision or Precision.for_device(device, config)
     try:
-        result.samples = _train(config, prepared, device, epochs, on_epoch)
+        result.samples = _train(config, prepared, device, precision, epochs, on_epoch)
     except _CallbackError as err:
         raise err.__cause__ from None
     except (UserError, KeyboardInterrupt):
@@ -297,41 +332,67 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
             where = traceback.extract_tb(err.__traceback__)[-1]
             result.error += f" (at {Path(where.filename).name}:{where.lineno} in {where.name})"
     finally:
+        del prepared
         if device.type == "cuda":  # a reused Ray actor runs the next trial in this process
-            torch.cuda.empty_cache()
+            result.broken_cuda = not _release_cuda_memory()
     result.wall_seconds = time.perf_counter() - start
     result.summary = summarize(epochs)
     return result
 
 
-def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list, on_epoch: OnEpoch | None):
+def _release_cuda_memory() -> bool:
+    """Hand cached GPU memory back; False if the CUDA context is broken (a sticky CUDA error)."""
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        return True
+    except Exception:  # noqa: BLE001 - e.g. an illegal memory access earlier in this process
+        return False
+
+
+class Forward:
+    """Images (uint8, on the device) -> fp32 logits, as the trainer feeds the model.
+
+    The images become floats, are augmented (training) and normalised in fp32 *outside* autocast
+    (an affine grid for the rotation computed in bf16 would misplace pixels); only the model runs
+    under bf16 autocast, and its head in fp32 (see models.ClassifierHead).
+    """
+
+    def __init__(self, model: nn.Module, p: Prepared, augment, generator: torch.Generator,
+                 precision: Precision) -> None:
+        self.model, self.p, self.augment, self.generator, self.precision = model, p, augment, generator, precision
+
+    def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        x = images.float().div_(255)
+        if train:
+            x = self.augment(x, self.generator)
+        x = (x - self.p.mean) / self.p.std
+        return x.contiguous(memory_format=torch.channels_last) if self.precision.channels_last else x
+
+    def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        x = self.inputs(images, train)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
+            return self.model(x).float()
+
+
+def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Precision, epochs: list,
+           on_epoch: OnEpoch | None):
     loss_cls = LOSSES[config.loss]
     loss_fn = make_loss(config.loss, p.num_classes, **config.params).to(device)
     drainage = loss_cls.extra_outputs == 1
     model = make_model(config.model, p.num_classes, p.in_channels, p.image_size,
                        extra_outputs=loss_cls.extra_outputs, drainage_logit=config.drainage_logit).to(device)
-    cuda = device.type == "cuda"
-    amp = cuda and config.amp
-    if cuda:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # few distinct input shapes: pick the fastest kernels once each
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
-    augment = make_augment(config.augment)
     params = [q for q in model.parameters() if q.requires_grad]
     order_gen = torch.Generator().manual_seed(config.seed)            # data order: CPU, seeded
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-
-    def inputs(images: torch.Tensor, train: bool) -> torch.Tensor:
-        x = images.float().div_(255)
-        if train:
-            x = augment(x, aug_gen)
-        x = (x - p.mean) / p.std
-        return x.contiguous(memory_format=torch.channels_last) if cuda else x
-
-    def forward(images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return model(inputs(images, train)).float()
+    forward = Forward(model, p, make_augment(config.augment), aug_gen, precision)
+    eval_batch = eval_batch_size(config.batch_size)
 
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
@@ -352,7 +413,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
             optimizer.step()
             with torch.no_grad():
                 sums += _batch_stats(logits, y, p.train_clean[idx], p.train_is_noisy[idx], p.num_classes, loss)
-        total = sums.tolist()
+        total = sums.tolist()  # waits for the device: the epoch's training steps are done
+        train_seconds = time.perf_counter() - t0
         train_loss = total[0] / max(1, math.ceil(p.n_train / config.batch_size))
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={config.lr:g}); "
@@ -375,8 +437,9 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             model.eval()
             for name, (batches, labels, n) in p.evals.items():
-                metrics[f"{name}_acc"] = _accuracy(forward, batches, labels, n, p.num_classes)
-        metrics["epoch_seconds"] = time.perf_counter() - t0
+                metrics[f"{name}_acc"] = _accuracy(forward, batches, labels, n, p.num_classes, eval_batch)
+        metrics["train_seconds"] = train_seconds  # the training steps alone
+        metrics["epoch_seconds"] = time.perf_counter() - t0  # with the evaluation
         epochs.append(metrics)
         if on_epoch is not None:
             try:
@@ -385,7 +448,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, epochs: list,
                 raise _CallbackError() from err
     if drainage:
         model.eval()
-        return _drainage_samples(forward, p, config.batch_size)
+        return _drainage_samples(forward, p, config.batch_size)  # a stream reuses its training loader
     return None
 
 
@@ -406,9 +469,9 @@ def _batch_stats(logits, y, clean, is_noisy, num_classes, loss) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(forward, batches, labels: torch.Tensor, n: int, num_classes: int) -> float:
+def _accuracy(forward, batches, labels: torch.Tensor, n: int, num_classes: int, batch_size: int) -> float:
     correct = torch.zeros((), device=labels.device, dtype=torch.int64)
-    for idx, images in batches(torch.arange(n), EVAL_BATCH):
+    for idx, images in batches(torch.arange(n), batch_size):
         correct += (forward(images)[:, :num_classes].argmax(1) == labels[idx]).sum()
     return correct.item() / n
 
@@ -417,6 +480,6 @@ def _accuracy(forward, batches, labels: torch.Tensor, n: int, num_classes: int) 
 def _drainage_samples(forward, p: Prepared, batch_size: int) -> dict[str, np.ndarray]:
     """Per training sample at the end: the drainage probability and whether its label is wrong."""
     probs = torch.empty(p.n_train, device=p.train_labels.device)
-    for idx, images in p.train(torch.arange(p.n_train), EVAL_BATCH):
+    for idx, images in p.train(torch.arange(p.n_train), batch_size):
         probs[idx] = forward(images).softmax(1)[:, -1]
     return {"drainage_prob": probs.cpu().numpy(), "is_noisy": p.train_is_noisy.cpu().numpy()}

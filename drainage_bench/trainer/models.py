@@ -38,7 +38,8 @@ class ClassifierHead(nn.Module):
 
     ``logits = W h + b`` with ``num_classes + extra_outputs`` rows; or, with a constant drainage
     logit z_d, ``[W h + b, z_d]`` where W has ``num_classes`` rows and z_d is a plain float (no
-    parameter, no gradient).
+    parameter, no gradient). The head runs in fp32 even under bf16 autocast: the logits feed the
+    loss, and z_d keeps its exact value (bf16 would turn 2.3 into 2.296875).
     """
 
     def __init__(self, in_features: int, num_classes: int, extra_outputs: int = 0, drainage_logit: float | None = None):
@@ -48,7 +49,8 @@ class ClassifierHead(nn.Module):
         self.linear = nn.Linear(in_features, learned)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        logits = self.linear(features)
+        with torch.autocast(features.device.type, enabled=False):
+            logits = self.linear(features.to(self.linear.weight.dtype))
         if self.drainage_logit is None:
             return logits
         constant = logits.new_full((logits.shape[0], 1), self.drainage_logit)
