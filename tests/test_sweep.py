@@ -191,7 +191,7 @@ def test_max_overlap_by_hand() -> None:
 def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(tmp_path: Path) -> None:
     """Ray's GPUs are logical resources: a head that declares one GPU on this CPU-only machine
     schedules like a one-GPU node. Eight trials at 0.25 GPU, with 8 CPUs free, run four at a time,
-    never more. (device=cpu keeps the training on the CPU: the share then only limits concurrency;
+    never more: in a sweep, and in an Optuna search. (device=cpu keeps the training on the CPU: the share then only limits concurrency;
     on a real GPU the four trials would share it. The GPU itself is not exercised here.)"""
     import secrets
     import shutil
@@ -222,6 +222,12 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(tmp_path: Path) ->
                              text=True, timeout=400)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "0.25 GPU per trial" in out.stdout
+        # The Optuna search asks only as many trials as fit (its own count, not Ray's queue).
+        tuned = subprocess.run([*CLI, "tune", "digits", "--loss", "gce", "--noise", "asym:0.2", "--trials", "8",
+                                "--pruner", "none", "--set", "epochs=2", "--set", "device=cpu", "--results",
+                                "results", "--address", address, "--gpus-per-trial", "0.25"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+        assert tuned.returncode == 0, tuned.stdout + tuned.stderr
     finally:
         head.terminate()  # `ray start --block` stops the processes of its cluster on SIGTERM
         head.wait(timeout=60)
@@ -231,6 +237,15 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(tmp_path: Path) ->
     assert (trials["status"] == "ok").all() and (trials["device_used"] == "cpu").all()
     assert (trials["gpus_per_trial"] == 0.25).all() and (trials["cpus_per_trial"] == 1).all()
     assert _max_overlap(trials["started_at"], trials["finished_at"]) == 4
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'results' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 8
+    assert _max_overlap(pd.Series([t.datetime_start for t in complete]),
+                        pd.Series([t.datetime_complete for t in complete])) == 4
 
 
 def test_every_shipped_spec_expands_to_valid_unique_trials() -> None:
