@@ -65,7 +65,8 @@ def losses() -> None:
 
     table = Table("name", "display", "parameters (defaults)", "paper", box=None)
     for name, cls in LOSSES.items():
-        params = ", ".join(f"{k}={v}" for k, v in loss_defaults(name).items()) or "—"
+        params = ", ".join(f"{k}={cls.derived.get(k, v) if v is None else v}"
+                           for k, v in loss_defaults(name).items()) or "—"
         table.add_row(name, display_name(name), params, getattr(cls, "paper", ""))
     console.print(table)
 

@@ -297,12 +297,12 @@ def test_pruned_trials_are_recorded_as_pruned_and_not_counted(tmp_path: Path) ->
 # SIGKILL, then the same command again (Ray, the real command line)
 
 
-def complete_trials(url: str) -> int:
+def trial_states(url: str) -> list[TrialState]:
     try:
         study = optuna.load_study(study_name=NAME, storage=S.open_storage(url))
     except KeyError:  # not created yet
-        return 0
-    return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+        return []
+    return [t.state for t in study.get_trials(deepcopy=False)]
 
 
 @pytest.mark.slow
@@ -313,10 +313,11 @@ def test_a_killed_search_resumes_to_exactly_the_requested_complete_trials(tmp_pa
                "--heartbeat", "2"]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
-    while complete_trials(url) < 2:
+    # Kill when two trials are complete and another is in flight (waited for, not assumed).
+    while (states := trial_states(url)).count(TrialState.COMPLETE) < 2 or TrialState.RUNNING not in states:
         assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, "the search did not complete 2 trials in time"
-        time.sleep(0.2)
+        assert time.monotonic() < deadline, f"no moment with 2 complete trials and one running: {states}"
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()

@@ -243,6 +243,7 @@ class RobustLoss(nn.Module):
     paper: str
     extra_outputs: int = 0
     ranges: dict[str, Range] = {}
+    derived: dict[str, str] = {}  # parameter whose None default is derived -> how, for listings
 
     def __init__(self, num_classes: int, reduction: str = "mean", **params):
         super().__init__()
@@ -666,6 +667,7 @@ class DrainageLoss(RobustLoss):
     paper = "Taha, Montavon, Körber, arXiv 2512.03182, 2025"
     extra_outputs = 1
     ranges = {"alpha": POSITIVE, "beta": POSITIVE}
+    derived = {"beta": "1/alpha"}
 
     def __init__(self, num_classes: int, reduction: str = "mean",
                  alpha: float = 1.0, beta: float | None = None):
