@@ -89,6 +89,29 @@ def test_plot_writes_the_figures(url: str, tmp_path: Path) -> None:
         studies.plot_study(studies.load(url, "digits-gce-sym0.2"), tmp_path / "none")
 
 
+def test_the_figures_show_the_study_s_trials(url: str) -> None:
+    """What is drawn, against the hand-made TRIALS: the complete values in trial order, the best
+    so far, alpha (the one that matters) on the landscape's x axis, and a curve per trial with
+    epochs, the pruned one stopping after its first."""
+    import matplotlib.pyplot as plt
+
+    figures = studies.study_figures(studies.load(url, "digits-drainage-asym0.4"))
+    complete = [(n, v) for n, (state, v, _, _) in enumerate(TRIALS) if state == TrialState.COMPLETE]
+    history = figures["history"].axes[0]
+    points = [c.get_offsets().tolist() for c in history.collections if len(c.get_offsets())]
+    assert [[n, v] for n, v in complete] in points
+    best_so_far = [max(v for m, v in complete if m <= n) for n in range(len(TRIALS))]
+    assert best_so_far in [list(line.get_ydata()) for line in history.get_lines()]
+    landscape = figures["landscape"].axes[0]
+    assert (landscape.get_xlabel(), landscape.get_ylabel()) == ("alpha", "beta")
+    curves = figures["learning_curves"].axes[0].get_lines()
+    with_steps = [t for t in TRIALS if t[0] in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert sorted(len(line.get_xdata()) for line in curves) == sorted(
+        1 if state == TrialState.PRUNED else 2 for state, *_ in with_steps)
+    for figure in figures.values():
+        plt.close(figure)
+
+
 @pytest.mark.slow
 def test_study_commands_work_from_a_fresh_process(url: str, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess:

@@ -98,37 +98,46 @@ def dashboard_command(url: str) -> str:
 
 
 def plot_study(study: optuna.Study, out: Path) -> list[Path]:
-    """PNG files in `out`: optimisation history, the landscape of the two most important
+    """PNG files in `out`, one per figure of :func:`study_figures`."""
+    import matplotlib.pyplot as plt
+
+    figures = study_figures(study)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in figures.items():
+        path = out / f"{name}.png"
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def study_figures(study: optuna.Study) -> dict:
+    """name -> matplotlib Figure: optimisation history, the landscape of the two most important
     parameters (contour, the trials as points), one slice per parameter, and the learning curves
     (validation accuracy per epoch, where pruned trials stop)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise UserError(f"study {study.study_name!r} has no complete trial to plot yet")
     names = _by_importance(study)
-    figures = {"history": lambda: vis.plot_optimization_history(study, target_name="validation accuracy"),
-               "slices": lambda: vis.plot_slice(study, target_name="validation accuracy"),
-               "learning_curves": lambda: _learning_curves(vis.plot_intermediate_values(study))}
+    draws = {"history": lambda: vis.plot_optimization_history(study, target_name="validation accuracy"),
+             "slices": lambda: vis.plot_slice(study, target_name="validation accuracy"),
+             "learning_curves": lambda: _learning_curves(vis.plot_intermediate_values(study))}
     if len(names) >= 2:
-        figures["landscape"] = lambda: vis.plot_contour(study, params=names[:2], target_name="validation accuracy")
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, draw in figures.items():
+        draws["landscape"] = lambda: vis.plot_contour(study, params=names[:2], target_name="validation accuracy")
+    figures = {}
+    for name, draw in draws.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             axes = draw()
-        figure = _figure(axes)
-        figure.suptitle(study.study_name)
-        path = out / f"{name}.png"
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
-    return written
+        figures[name] = _figure(axes)
+        figures[name].suptitle(study.study_name)
+    return figures
 
 
 def _by_importance(study: optuna.Study) -> list[str]:
