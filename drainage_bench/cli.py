@@ -5,7 +5,6 @@ Bad input raises UserError anywhere below; `main` prints its one line and exits 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,7 +31,7 @@ StorageOpt = Annotated[Optional[str], typer.Option(help="Optuna storage: sqlite:
 CpusOpt = Annotated[Optional[float], typer.Option(help="CPUs per trial (default: the spec's, else 1).")]
 GpusOpt = Annotated[Optional[float], typer.Option(help="GPU share per trial; 0.25 packs four trials on a GPU.")]
 MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many trials at once.")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
+AddressOpt = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", show_envvar=False, help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
 
 
 def main() -> None:
@@ -149,14 +148,15 @@ def _load(dataset: str, data_root: str | None, download: bool) -> None:
 
 
 def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concurrent: int | None,
-               address: str | None):
-    """Trial resources: the command line, else the spec's `defaults`; checked before Ray starts."""
+               address: str | None, configs: list):
+    """Trial resources: the command line, else the spec's `defaults`; checked (with the devices
+    the `configs` ask for) before Ray starts."""
     from drainage_bench.sweeps.tune_runner import Resources, check_resources
 
     res = check_resources(Resources(
         cpus_per_trial=cpus or defaults.get("cpus_per_trial", 1),
         gpus_per_trial=gpus if gpus is not None else defaults.get("gpus_per_trial", 0),
-        max_concurrent=max_concurrent or defaults.get("max_concurrent")), address, gpus is not None)
+        max_concurrent=max_concurrent or defaults.get("max_concurrent")), address, gpus is not None, configs)
     if defaults.get("gpus_per_trial") and not res.gpus_per_trial:
         console.print(f"[dim]no CUDA GPU here: the spec's {defaults['gpus_per_trial']:g} GPU per trial is "
                       "dropped and trials run on the CPU[/]")
@@ -220,15 +220,13 @@ def sweep(
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import Progress, check_device, plan, run_trials
+    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
 
     spec = load_spec(name)
     configs = _expand(spec, data_root, storage, results, parse_set(set_))
     store = ResultsStore(results, spec.name)
     todo = plan(configs, store, retry_failed)
-    address = address or os.environ.get("RAY_ADDRESS")
-    res = _resources(spec.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
-    check_device(todo.todo, res)
+    res = _resources(spec.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address, todo.todo)
     console.print(f"sweep [bold]{spec.name}[/]: {len(todo.configs)} trials, {len(todo.done)} recorded, "
                   f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
     if dry_run:
@@ -376,16 +374,13 @@ def tune(
     """Search loss parameters with Optuna: train on 80% of the training set, score on the other 20%."""
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.search import plan_tune, run_search
-    from drainage_bench.sweeps.tune_runner import check_device
 
     overrides = {**parse_set(set_), **({"data_root": data_root} if data_root else {})}
     plan = plan_tune(target, loss, noise, overrides=overrides, space=space, trials=trials, objective=objective,
                      pruner=pruner, seed=seed, val_labels=val_labels, heartbeat=heartbeat)
     url = _storage_url(storage, results)
-    address = address or os.environ.get("RAY_ADDRESS")
-    res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent, address)
-    if res is not None:
-        check_device([s.base for s in plan.searches], res)
+    res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent,
+                                             address, [s.base for s in plan.searches])
     _require_dataset(plan.searches[0].base.dataset, data_root, address)
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:

@@ -13,7 +13,7 @@ import pytest
 
 from drainage_bench.analysis.store import ResultsStore
 from drainage_bench.sweeps.spec import load_spec, parse_spec
-from drainage_bench.sweeps.tune_runner import Resources, check_device, for_worker
+from drainage_bench.sweeps.tune_runner import Resources, check_resources, for_worker
 from drainage_bench.errors import UserError
 
 CLI = [sys.executable, "-m", "drainage_bench.cli"]
@@ -187,6 +187,11 @@ def test_gpu_share_and_device_are_checked_before_ray(tmp_path: Path) -> None:
     assert out.returncode == 2 and "device=cuda needs a GPU share" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "r").exists()
+    # $RAY_ADDRESS stands for --address: a cluster's GPUs are not this machine's.
+    env = {**os.environ, "RAY_ADDRESS": "auto"}
+    out = subprocess.run([*CLI, "sweep", "quickstart", "--gpus-per-trial", "0.25", "--dry-run", "--results", "r"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "0.25 GPU per trial" in out.stdout, out.stderr
 
 
 def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> None:
@@ -197,9 +202,10 @@ def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> 
     assert for_worker(config, none)["device"] == "cpu"
     assert for_worker(config.replace(device="cpu"), quarter)["device"] == "cpu"
     assert Path(for_worker(config, none)["data_root"]).is_absolute()
-    check_device([config.replace(device="cuda")], quarter)  # fine: it holds a GPU share
+    cuda = config.replace(device="cuda")
+    assert check_resources(quarter, "auto", True, [cuda]) == quarter  # fine: it holds a GPU share
     with pytest.raises(UserError, match="needs a GPU share"):
-        check_device([config, config.replace(device="cuda")], none)
+        check_resources(none, None, False, [config, cuda])
 
 
 def _max_overlap(starts: pd.Series, ends: pd.Series) -> int:

@@ -60,8 +60,13 @@ class Resources:
         return max(1, int(self.cpus_per_trial))
 
 
-def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> Resources:
-    """Validate before Ray starts; a spec's GPU share is dropped (with a note) where there is no GPU."""
+def check_resources(res: Resources, address: str | None, gpu_explicit: bool,
+                    configs: list[TrialConfig] = ()) -> Resources:
+    """Validate before Ray starts; a spec's GPU share is dropped (with a note) where there is no GPU.
+
+    ``device=cuda`` in a config needs a GPU share: without one, the trial would use a GPU that Ray
+    does not know is taken.
+    """
     if res.cpus_per_trial <= 0:
         raise UserError(f"--cpus-per-trial={res.cpus_per_trial} must be > 0")
     if not 0 <= res.gpus_per_trial <= 1:
@@ -77,6 +82,9 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool) -> 
                 raise UserError(f"--gpus-per-trial {res.gpus_per_trial:g} was given but this machine has no "
                                 "CUDA GPU; drop the option (trials run on the CPU) or use --address for a cluster")
             res = Resources(res.cpus_per_trial, 0.0, res.max_concurrent)
+    if res.gpus_per_trial == 0 and any(c.device == "cuda" for c in configs):
+        raise UserError("device=cuda needs a GPU share per trial: add --gpus-per-trial (1, or 0.25 to pack "
+                        "four trials on a GPU), or drop device=cuda")
     return res
 
 
@@ -127,13 +135,6 @@ def claim_gpu_share(share: float) -> None:
 
     if 0 < share < 1 and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(share * GPU_MEMORY_HEADROOM)
-
-
-def check_device(configs: list[TrialConfig], resources: Resources) -> None:
-    """``device=cuda`` without a GPU share would use a GPU that Ray does not know is taken."""
-    if resources.gpus_per_trial == 0 and any(c.device == "cuda" for c in configs):
-        raise UserError("device=cuda needs a GPU share per trial: add --gpus-per-trial (1, or 0.25 to pack "
-                        "four trials on a GPU), or drop device=cuda")
 
 
 def for_worker(config: TrialConfig, resources: Resources) -> dict[str, Any]:
