@@ -74,7 +74,9 @@ def test_learning_curves_are_means_over_seeds(real):
     fig = P.learning_curves(real, "asym0.2")
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["CE (2 seeds)", "Drainage (2 seeds)"]
-    assert legend_texts(fig) == [label for _, label, _ in P.CURVES]
+    assert legend_texts(fig) == ["test accuracy", "train accuracy vs clean labels",
+                                 "train accuracy vs noisy labels (trained on)",
+                                 "mislabeled samples fit to their wrong label"]
     epochs = pq.read_table(real.root / REAL_SWEEP / "epochs").to_pandas()
     ce_ids = real.trials.loc[real.trials["loss"] == "ce", "trial_id"]
     expected = epochs[epochs["trial_id"].isin(ce_ids)].groupby("epoch")["test_acc"].mean() * 100
