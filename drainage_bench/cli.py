@@ -153,11 +153,13 @@ def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concu
     the `configs` ask for) before Ray starts."""
     from drainage_bench.sweeps.tune_runner import Resources, check_resources
 
+    def given(value, key, default):
+        return value if value is not None else defaults.get(key, default)
+
     res = check_resources(Resources(
-        cpus_per_trial=cpus or defaults.get("cpus_per_trial", 1),
-        gpus_per_trial=gpus if gpus is not None else defaults.get("gpus_per_trial", 0),
-        max_concurrent=max_concurrent or defaults.get("max_concurrent")), address, gpus is not None, configs)
-    if defaults.get("gpus_per_trial") and not res.gpus_per_trial:
+        cpus_per_trial=given(cpus, "cpus_per_trial", 1), gpus_per_trial=given(gpus, "gpus_per_trial", 0),
+        max_concurrent=given(max_concurrent, "max_concurrent", None)), address, gpus is not None, configs)
+    if gpus is None and defaults.get("gpus_per_trial") and not res.gpus_per_trial:
         console.print(f"[dim]no CUDA GPU here: the spec's {defaults['gpus_per_trial']:g} GPU per trial is "
                       "dropped and trials run on the CPU[/]")
     return res
@@ -176,14 +178,10 @@ def _require_dataset(dataset: str, data_root: str | None, address: str | None) -
 
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
     """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies in `storage`."""
-
-    def tuned(config):
-        from drainage_bench.sweeps.search import tuned_params
-
-        return tuned_params(config, _storage_url(storage, results))
+    from drainage_bench.sweeps.search import tuned_lookup
 
     extra = {**({"data_root": data_root} if data_root else {}), **(overrides or {})}
-    return spec.expand(extra, tuned=tuned)
+    return spec.expand(extra, tuned=tuned_lookup(_storage_url(storage, results)))
 
 
 @app.command("sweeps")

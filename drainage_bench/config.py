@@ -31,6 +31,15 @@ VAL_LABELS = ("clean", "noisy")
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def noise_tag(noise: str, rate: float, key: str | None) -> str:
+    """Compact noise name: ``clean``, ``asym0.4``, ``human-worse_label``."""
+    if noise == "none":
+        return "clean"
+    if noise == "human":
+        return f"human-{key or 'default'}"
+    return f"{noise}{rate:g}"
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one training run needs. Construct with `build_config` (recipes + overrides)."""
@@ -106,12 +115,7 @@ class TrialConfig:
 
     @property
     def noise_tag(self) -> str:
-        """Compact noise name: ``clean``, ``asym0.4``, ``human-worse_label``."""
-        if self.noise == "none":
-            return "clean"
-        if self.noise == "human":
-            return f"human-{self.noise_key or 'default'}"
-        return f"{self.noise}{self.noise_rate:g}"
+        return noise_tag(self.noise, self.noise_rate, self.noise_key)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, loss_params as a dict (for JSON, Ray configs and records)."""

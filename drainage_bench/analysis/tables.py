@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from drainage_bench.analysis.store import ResultsStore, list_sweeps
+from drainage_bench.config import noise_tag
 from drainage_bench.errors import UserError, did_you_mean
 
 DIGITS = 2  # decimals of the percentages shown
@@ -68,15 +69,6 @@ def get_metric(name: str) -> Metric:
     if name not in METRICS:
         raise UserError(f"unknown metric {name!r}; " + did_you_mean(name, METRICS))
     return METRICS[name]
-
-
-def noise_tag(noise: str, rate: float, key: str | None) -> str:
-    """The same compact name as ``TrialConfig.noise_tag``: clean, asym0.4, human-worse_label."""
-    if noise == "none":
-        return "clean"
-    if noise == "human":
-        return f"human-{key or 'default'}"
-    return f"{noise}{rate:g}"
 
 
 @dataclass(frozen=True)
@@ -244,16 +236,11 @@ class SpecInfo:
     note: str | None = None
 
 
-def _tuned(config):
-    """The tuned loss parameters of a spec entry with ``params = "tuned"`` (as `sweep` uses)."""
-    from drainage_bench.sweeps.search import tuned_params
-
-    return tuned_params(config)
-
-
-def spec_info(sweep: str) -> SpecInfo:
+def spec_info(sweep: str, root: str | Path = "results") -> SpecInfo:
     """The expected trials (every trial_id the spec expands to), row order and metric of the
-    shipped sweep spec named `sweep`; empty for a folder that is no known spec."""
+    shipped sweep spec named `sweep`; empty for a folder that is no known spec. Tuned entries
+    read the studies in `root`'s default Optuna storage, as `sweep` does."""
+    from drainage_bench.sweeps.search import resolve_storage, tuned_lookup
     from drainage_bench.sweeps.spec import builtin_specs, load_spec
 
     if sweep not in builtin_specs():
@@ -263,7 +250,7 @@ def spec_info(sweep: str) -> SpecInfo:
 
     info = SpecInfo(rows=[entry.label or display_name(entry.name) for entry in spec.losses], metric=spec.metric)
     try:
-        configs = spec.expand(tuned=_tuned)
+        configs = spec.expand(tuned=tuned_lookup(resolve_storage(None, root)))
     except (UserError, ImportError) as err:
         info.note = f"Missing trials of {sweep} are not counted: its trial list is unknown ({err})."
         return info
@@ -291,7 +278,7 @@ def load_selection(root: str | Path, sweeps: list[str] | None = None, where: lis
     frames, expected, row_order, notes, metrics = [], [], [], [], []
     for name in names:
         frames.append(ResultsStore(root, name).trials())
-        info = spec_info(name)
+        info = spec_info(name, root)
         row_order += info.rows
         notes += [info.note] if info.note else []
         metrics += [info.metric] if info.metric else []
@@ -312,7 +299,7 @@ def load_selection(root: str | Path, sweeps: list[str] | None = None, where: lis
     seen = list(dict.fromkeys(row_order + _registry_order(both)))
     return Selection(root=root, sweeps=names, trials=trials.reset_index(drop=True), expected=exp,
                      row_order=[r for r in seen if r in present],
-                     columns=_columns(trials if exp is None else pd.concat([trials, exp], ignore_index=True)),
+                     columns=_columns(both),
                      notes=notes, metric=metrics[0] if metrics else "final_test_acc")
 
 
@@ -414,7 +401,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
     if not rows:
         raise UserError(f"metric {metric.name} does not apply to any selected trial; "
                         "the drainage shares exist for drainage losses only")
-    cells = cells.loc[rows] if rows else cells.iloc[0:0]
+    cells = cells.loc[rows]
     cells["rank"] = _ranks(cells, metric.higher_is_better)
     counts = Counter(cells.loc[cells["n"] > 0, "n"])
     n_ref = max(counts, key=lambda n: (counts[n], n)) if counts else 0

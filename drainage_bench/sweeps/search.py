@@ -578,16 +578,11 @@ class LocalPool:
         self.queue.clear()
 
 
-def _ray_trial(config: dict[str, Any], number: int, owner, objective: str, threads: int,
-               gpu_share: float) -> dict[str, Any]:
+def _ray_trial(config: dict[str, Any], number: int, owner, objective: str, resources) -> dict[str, Any]:
     """One trial in a Ray task (on a GPU, each task gets a fresh process: Ray's max_calls=1)."""
     import ray
-    import torch
 
-    from drainage_bench.sweeps.tune_runner import claim_gpu_share
-
-    torch.set_num_threads(threads)
-    claim_gpu_share(gpu_share)
+    resources.enter_worker()
     return run_one(config, number, lambda *args: ray.get(owner.report.remote(*args)), objective)
 
 
@@ -616,8 +611,7 @@ class RayPool:
         from drainage_bench.sweeps.tune_runner import for_worker
 
         worker_config = for_worker(TrialConfig.from_dict(config), self.resources)
-        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.resources.threads,
-                               self.resources.gpus_per_trial)
+        ref = self.task.remote(worker_config, number, self.owner, self.objective, self.resources)
         self.refs[ref] = number
 
     def wait(self, timeout: float) -> list[tuple[int, dict[str, Any]]]:
@@ -761,6 +755,19 @@ def _trial_line(number: int, config: dict[str, Any], outcome: dict[str, Any], se
 
 # ---------------------------------------------------------------------------------------------
 # Tuned parameters for sweeps
+
+
+def tuned_lookup(storage: str) -> Callable[[TrialConfig], tuple[dict[str, Any], str]]:
+    """``tuned_params`` over one storage, each study read once (a spec has a config per seed)."""
+    found: dict[str, tuple[dict[str, Any], str]] = {}
+
+    def lookup(config: TrialConfig) -> tuple[dict[str, Any], str]:
+        name = study_name(config)
+        if name not in found:
+            found[name] = tuned_params(config, storage)
+        return found[name]
+
+    return lookup
 
 
 def tuned_params(config: TrialConfig, storage: str | None = None) -> tuple[dict[str, Any], str]:

@@ -15,6 +15,7 @@ are skipped on the next run unless ``retry_failed``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -48,6 +49,9 @@ def plan(configs: list[TrialConfig], store: ResultsStore, retry_failed: bool = F
     return Plan(configs=unique, todo=todo, done=done)
 
 
+GPU_MEMORY_HEADROOM = 0.95
+
+
 @dataclass
 class Resources:
     cpus_per_trial: float = 1.0
@@ -58,6 +62,17 @@ class Resources:
     def threads(self) -> int:
         """torch threads of a trial: its whole CPUs, at least one."""
         return max(1, int(self.cpus_per_trial))
+
+    def enter_worker(self) -> None:
+        """In the Ray worker, before a trial: torch uses the trial's CPUs, and with a fraction of a
+        GPU the process may allocate that fraction of its memory (95% of it, leaving room for the
+        CUDA contexts): whether a trial runs out of memory is then a property of the trial, not of
+        the trials it happened to share the GPU with."""
+        import torch
+
+        torch.set_num_threads(self.threads)
+        if 0 < self.gpus_per_trial < 1 and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(self.gpus_per_trial * GPU_MEMORY_HEADROOM)
 
 
 def check_resources(res: Resources, address: str | None, gpu_explicit: bool,
@@ -124,17 +139,6 @@ def _quiet_stderr(enabled: bool):
             os.close(saved)
 
 
-GPU_MEMORY_HEADROOM = 0.95
-
-
-def claim_gpu_share(share: float) -> None:
-    """Cap this process's GPU memory at its share of the GPU (95% of it, leaving room for the
-    CUDA contexts): whether a trial runs out of memory is then a property of the trial, not of the
-    trials it happened to share the GPU with. No-op without CUDA or with a whole GPU."""
-    import torch
-
-    if 0 < share < 1 and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(share * GPU_MEMORY_HEADROOM)
 
 
 def for_worker(config: TrialConfig, resources: Resources) -> dict[str, Any]:
@@ -165,19 +169,17 @@ def tune_trainable(params: dict[str, Any]) -> None:
 
     config = TrialConfig.from_dict(params["case"]["trial"])
     store = ResultsStore(params["results_root"], params["sweep"])
-    import torch
-
-    torch.set_num_threads(params["threads"])
+    resources = Resources(**params["resources"])
     if store.trial_path(config.trial_id).exists() and not params.get("retry_failed"):
         return  # finished by an earlier, interrupted run of the driver
-    claim_gpu_share(params["gpus_per_trial"])
+    resources.enter_worker()
     try:
         result = run_trial(config, on_epoch=lambda m: tune.report({**m, "trial_id": config.trial_id}))
     except Exception as err:  # noqa: BLE001 - e.g. bad data on this node: record it, go on
         write_failed(store, config, f"{type(err).__name__}: {err}")
         return
     record = {**result.record(), "sweep": params["sweep"],
-              "cpus_per_trial": params["cpus_per_trial"], "gpus_per_trial": params["gpus_per_trial"]}
+              "cpus_per_trial": resources.cpus_per_trial, "gpus_per_trial": resources.gpus_per_trial}
     store.write_trial(record, result.epochs, result.samples)
     if result.broken_cuda:
         # A sticky CUDA error: this (reused) actor would fail every later trial. End the process;
@@ -337,8 +339,7 @@ def run_trials(todo: list[TrialConfig], store: ResultsStore, resources: Resource
     param_space = {
         "case": tune.grid_search(grid),
         "results_root": root, "sweep": store.sweep, "retry_failed": retry_failed,
-        "threads": resources.threads,
-        "cpus_per_trial": resources.cpus_per_trial, "gpus_per_trial": resources.gpus_per_trial,
+        "resources": dataclasses.asdict(resources),
     }
 
     def name(trial) -> str:
