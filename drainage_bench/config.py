@@ -159,13 +159,9 @@ def _validate(c: TrialConfig) -> None:
     _check(c.augment in augment.AUGMENTS, "augment", c.augment, did_you_mean(c.augment, augment.AUGMENTS))
     object.__setattr__(c, "loss_params", _freeze_params(losses.validate_loss_params(c.loss, c.params)))
     info = data.DATASETS[c.dataset]
-    noise.validate_noise(c.noise, c.noise_rate, info.num_classes, c.dataset, c.noise_key)
-    _check(c.noise in ("sym", "asym", "instance") or c.noise_rate == 0, "noise_rate", c.noise_rate,
-           f"noise {c.noise!r} takes no rate (leave it 0)")
-    if c.noise == "human":  # the dataset's default key, spelled out: one experiment, one trial_id
-        object.__setattr__(c, "noise_key", noise.human_key(c.dataset, c.noise_key))
-    else:
-        _check(c.noise_key is None, "noise_key", c.noise_key, "only human noise takes a label key")
+    # human noise: the dataset's default key, spelled out (one experiment, one trial_id)
+    object.__setattr__(c, "noise_key", noise.validate_noise(c.noise, c.noise_rate, info.num_classes, c.dataset,
+                                                            c.noise_key))
     for name, low in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("step_size", 0),
                       ("split_seed", 0)):
         value = getattr(c, name)

@@ -29,8 +29,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from drainage_bench.analysis.tables import Column, Metric, Selection, aggregate, get_metric  # noqa: E402
 from drainage_bench.errors import UserError, did_you_mean  # noqa: E402
+from drainage_bench.trainer.noise import RATED_TYPES  # noqa: E402
 
-RATED = ("sym", "asym", "instance")
 CURVES = (  # epoch column, legend label, line style
     ("test_acc", "test accuracy", "-"),
     ("train_acc_clean", "train accuracy vs clean labels", "--"),
@@ -63,7 +63,7 @@ def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.nda
 def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) -> Figure | None:
     """One panel per (dataset, rated noise type); x: noise rate (%), y: the metric (%)."""
     data = aggregate(selection, metric)
-    panels = list(dict.fromkeys((c.dataset, c.noise) for c in data.columns if c.noise in RATED))
+    panels = list(dict.fromkeys((c.dataset, c.noise) for c in data.columns if c.noise in RATED_TYPES))
     if not panels:
         return None
     colors = loss_colors(data.rows)
@@ -126,7 +126,7 @@ def pick_setting(selection: Selection, setting: str | None) -> Column:
     ``dataset:tag``); by default the noisiest setting with rates, else the first column."""
     columns = list(selection.columns.values())
     if setting is None:
-        rated = [c for c in columns if c.noise in RATED]
+        rated = [c for c in columns if c.noise in RATED_TYPES]
         if rated:
             return max(rated, key=lambda c: c.rate)
         noisy = [c for c in columns if c.noise != "none"]

@@ -101,9 +101,10 @@ def parse_noise(text: str) -> tuple[str, float, str | None]:
     return parsed
 
 
-def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -> None:
-    """Raise ``UserError`` for an unknown type, a rate outside [0, 1) (sym, asym, instance), an
-    asym dataset without a class map, or a human dataset / key without a label file.
+def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -> str | None:
+    """Raise ``UserError`` for an unknown type, a rate outside [0, 1) (sym, asym, instance), a
+    rate on none / human, an asym dataset without a class map, or a human dataset / key without a
+    label file. Returns the label key (human noise: the dataset's default when `key` is None).
 
     Arguments left as None are not checked (so a spec can be checked before its dataset is).
     """
@@ -113,12 +114,15 @@ def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -
         raise UserError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if noise_type in RATED_TYPES and not (isinstance(rate, numbers.Real) and 0.0 <= rate < 1.0):
         raise UserError(f"{noise_type} noise rate must be in [0, 1), got {rate!r}")
+    if noise_type not in RATED_TYPES and rate:
+        raise UserError(f"noise {noise_type!r} takes no rate: noise_rate={rate!r}, leave it 0")
     if key is not None and noise_type != "human":
         raise UserError(f"only human noise takes a label key, got {noise_type}:{key}")
     if noise_type == "asym" and dataset is not None:
         asym_map(dataset, num_classes)
     if noise_type == "human":
-        human_key(dataset, key)
+        return human_key(dataset, key)
+    return key
 
 
 def asym_map(dataset: str | None, num_classes: int | None = None) -> dict[int, int]:
