@@ -176,15 +176,19 @@ def test_batch_stats_count_by_hand() -> None:
 
     from drainage_bench.trainer.loop import _batch_stats
 
-    # 3 classes + a drainage column. Rows: argmax class 0, class 1, drainage (class argmax 2), class 2.
-    logits = torch.tensor([[5.0, 0, 0, 1], [0, 5.0, 0, 1], [0, 0, 2.0, 9], [0, 0, 5.0, 1]])
-    given = torch.tensor([0, 2, 2, 1])      # labels trained on
-    clean = torch.tensor([0, 1, 2, 2])      # true labels
-    noisy = given != clean                  # rows 1 and 3 are mislabeled
+    # 3 classes + a drainage column. Rows: class 0; class 1; drainage beats class 2; class 2;
+    # drainage ties class 2 (a tie goes to the class); class 1.
+    logits = torch.tensor([[5.0, 0, 0, 1], [0, 5.0, 0, 1], [0, 0, 2.0, 9], [0, 0, 5.0, 1], [0, 0, 3.0, 3.0],
+                           [0, 4.0, 0, 0]])
+    given = torch.tensor([0, 2, 2, 1, 2, 1])      # labels trained on
+    clean = torch.tensor([0, 1, 2, 2, 2, 0])      # true labels
+    noisy = given != clean                        # rows 1, 3 and 5 are mislabeled
     stats = _batch_stats(logits, given, clean, noisy, 3, torch.tensor(0.25)).tolist()
-    # loss, correct vs given (rows 0, 2), correct vs clean (all 4), drained clean (row 2),
-    # drained noisy (none), #noisy (2), memorized: noisy rows predicted as their given label (none)
-    assert stats == [0.25, 2, 4, 1, 0, 2, 0]
+    # loss, correct vs given (rows 0, 2, 4, 5), correct vs clean (rows 0-4), drained clean (row 2),
+    # drained noisy (none), memorized: noisy rows predicted as their given label (row 5)
+    assert stats == [0.25, 4, 5, 1, 0, 1]
+    # without a drainage column nothing is drained
+    assert _batch_stats(logits[:, :3], given, clean, noisy, 3, torch.tensor(0.25)).tolist() == [0.25, 4, 5, 0, 0, 1]
 
 
 def test_the_split_is_80_20_stratified_and_validates_on_clean_or_noisy_labels() -> None:

@@ -394,11 +394,13 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     forward = Forward(model, p, make_augment(config.augment), aug_gen, precision)
     eval_batch = eval_batch_size(config.batch_size)
 
+    n_noisy = int(p.train_is_noisy.sum())  # the same every epoch
+    n_clean = p.n_train - n_noisy
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        sums = torch.zeros(7, device=device, dtype=torch.float64)
+        sums = torch.zeros(6, device=device, dtype=torch.float64)
         order = torch.randperm(p.n_train, generator=order_gen)
         for idx, images in p.train(order, config.batch_size):
             logits = forward(images, train=True)
@@ -420,15 +422,13 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
             raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={config.lr:g}); "
                            "lower the learning rate or check the loss parameters")
         scheduler.step()
-        n_noisy = total[5]
-        n_clean = p.n_train - n_noisy
         metrics = {
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,  # the loss alone, without the L1 term
             "train_acc_noisy": total[1] / p.n_train,
             "train_acc_clean": total[2] / p.n_train,
-            "memorized": total[6] / n_noisy if n_noisy else math.nan,
+            "memorized": total[5] / n_noisy if n_noisy else math.nan,
             "drainage_share_clean": (total[3] / n_clean if n_clean else math.nan) if drainage else math.nan,
             "drainage_share_noisy": (total[4] / n_noisy if n_noisy else math.nan) if drainage else math.nan,
             "test_acc": math.nan,
@@ -452,19 +452,22 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     return None
 
 
-def _batch_stats(logits, y, clean, is_noisy, num_classes, loss) -> torch.Tensor:
-    """[loss, correct vs given label, correct vs clean, drained clean, drained noisy, #noisy, memorized]."""
-    pred = logits[:, :num_classes].argmax(1)
-    drained = logits.argmax(1) == num_classes  # only possible with a drainage column
-    noisy = is_noisy
+def _batch_stats(logits, y, clean, noisy, num_classes, loss) -> torch.Tensor:
+    """[loss, correct vs given label, correct vs clean, drained clean, drained noisy, memorized].
+
+    A sample is drained when its drainage logit beats every class logit (the argmax over all
+    outputs, whose ties go to the classes); without a drainage column nothing is.
+    """
+    top, pred = logits[:, :num_classes].max(1)
+    hit = pred == y
+    drained = logits[:, num_classes] > top if logits.shape[1] > num_classes else torch.zeros_like(hit)
     return torch.stack([
         loss.detach().double(),
-        (pred == y).sum().double(),
+        hit.sum().double(),
         (pred == clean).sum().double(),
         (drained & ~noisy).sum().double(),
         (drained & noisy).sum().double(),
-        noisy.sum().double(),
-        ((pred == y) & noisy).sum().double(),
+        (hit & noisy).sum().double(),
     ])
 
 

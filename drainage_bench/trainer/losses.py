@@ -256,7 +256,7 @@ class RobustLoss(nn.Module):
         self.check_params(params)
         self.num_classes = num_classes
         self.reduction = reduction
-        for key, value in params.items():
+        for key, value in self.derive_params(params).items():
             setattr(self, key, value)
 
     @classmethod
@@ -672,8 +672,6 @@ class DrainageLoss(RobustLoss):
     def __init__(self, num_classes: int, reduction: str = "mean",
                  alpha: float = 1.0, beta: float | None = None):
         super().__init__(num_classes, reduction, alpha=alpha, beta=beta)
-        if beta is None:
-            self.beta = 1.0 / alpha
 
     @classmethod
     def derive_params(cls, params: dict) -> dict:
