@@ -152,10 +152,11 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 class _OrderedBatches:
-    """A batch sampler whose order is set before each pass (read in the main process)."""
+    """A batch sampler whose order and batch size are set before each pass (it is read in the
+    main process, so kept workers see the change)."""
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size, self.order = batch_size, torch.arange(0)
+    def __init__(self) -> None:
+        self.batch_size, self.order = 1, torch.arange(0)
 
     def __iter__(self):
         return (b.tolist() for b in self.order.split(self.batch_size))
@@ -167,24 +168,22 @@ class _OrderedBatches:
 class StreamBatches:
     """Images decoded from files by DataLoader workers; positions refer to `indices`.
 
-    One DataLoader per source with persistent workers: each pass only sets a new order.
+    One DataLoader per source; each pass sets its sampler's order and batch size. The training
+    source keeps its workers between passes (`persistent`); the evaluation sources, used once
+    every `eval_every` epochs, start theirs for each pass.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray, device: torch.device) -> None:
-        self.dataset, self.device = _Indexed(dataset, indices), device
-        self.loaders: dict[int, tuple[torch.utils.data.DataLoader, _OrderedBatches]] = {}
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray, device: torch.device,
+                 persistent: bool) -> None:
+        self.device, self.sampler = device, _OrderedBatches()
+        workers = min(8, torch.get_num_threads())
+        self.loader = torch.utils.data.DataLoader(
+            _Indexed(dataset, indices), batch_sampler=self.sampler, num_workers=workers,
+            persistent_workers=persistent and workers > 0, pin_memory=device.type == "cuda")
 
     def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if batch_size not in self.loaders:
-            sampler = _OrderedBatches(batch_size)
-            workers = min(8, torch.get_num_threads())
-            loader = torch.utils.data.DataLoader(
-                self.dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                pin_memory=self.device.type == "cuda")
-            self.loaders[batch_size] = (loader, sampler)
-        loader, sampler = self.loaders[batch_size]
-        sampler.order = order
-        for idx, images in loader:
+        self.sampler.order, self.sampler.batch_size = order, batch_size
+        for idx, images in self.loader:
             yield idx.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
 
 
@@ -226,11 +225,12 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
     else:
         train_idx = np.arange(len(data.train_labels))
 
-    def source(part: str, indices: np.ndarray | None = None):
+    def source(part: str, indices: np.ndarray | None = None, training: bool = False):
         """Batches over the "train" or "test" images, restricted to `indices` (None: all of them)."""
         if isinstance(data, StreamData):
             dataset = getattr(data, part)
-            return StreamBatches(dataset, np.arange(len(dataset)) if indices is None else indices, device)
+            return StreamBatches(dataset, np.arange(len(dataset)) if indices is None else indices, device,
+                                 persistent=training)
         images = getattr(data, f"{part}_images")
         return TensorBatches(images if indices is None else images[torch.as_tensor(indices)], device)
 
@@ -245,7 +245,7 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         evals["val"] = (source("train", val_idx), on_device(val_labels, val_idx), len(val_idx))
     shape = (1, -1, 1, 1)
     return Prepared(
-        train=source("train", train_idx if split else None), n_train=len(train_idx),
+        train=source("train", train_idx if split else None, training=True), n_train=len(train_idx),
         train_labels=on_device(noisy.labels, train_idx), train_clean=on_device(data.train_labels, train_idx),
         train_is_noisy=on_device(noisy.is_noisy, train_idx), evals=evals, noisy=noisy,
         num_classes=data.num_classes,
@@ -448,7 +448,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
                 raise _CallbackError() from err
     if drainage:
         model.eval()
-        return _drainage_samples(forward, p, config.batch_size)  # a stream reuses its training loader
+        return _drainage_samples(forward, p, eval_batch)
     return None
 
 
