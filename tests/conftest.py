@@ -16,7 +16,7 @@ def data_root() -> Path:
         if os.environ.get("CI") == "true":
             pytest.fail(f"DRAINAGE_BENCH_DATA={value!r} is not a folder; CI needs the real data")
         pytest.skip("DRAINAGE_BENCH_DATA is not set")
-    return Path(value)
+    return Path(value).resolve()  # absolute: tests link to these files from temporary folders
 
 
 def require_file(path: Path) -> Path:

@@ -324,6 +324,8 @@ def only_pt(data_root: pathlib.Path, tmp_path: pathlib.Path, dataset: str) -> pa
     return tmp_path
 
 
+# worse_label 40.21% and CIFAR-100N 40.20% as the CIFAR-N paper reports them; for aggre_label the
+# paper reports 9.03%, the published label file gives 9.01% (what is checked here).
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 @pytest.mark.parametrize("dataset, key, percent", [("cifar10n", None, 40.21), ("cifar100n", None, 40.20),
                                                    ("cifar10n", "aggre_label", 9.01)])
@@ -350,9 +352,11 @@ def test_make_noisy_labels_human_measures_against_the_given_clean_labels(data_ro
     require_file(data_root / "CIFAR-N" / "CIFAR-10_human.npz")
     clean = np.load(data_root / "CIFAR-N" / "CIFAR-10_human.npz")["clean_label"]
     noisy = make_noisy_labels(
-        torch.from_numpy(clean), "human", 0.9, 10, dataset="cifar10n", data_root=data_root
+        torch.from_numpy(clean), "human", 0.0, 10, dataset="cifar10n", data_root=data_root
     )
-    assert round(100 * noisy.realized_rate, 2) == 40.21  # the rate 0.9 is ignored
+    assert round(100 * noisy.realized_rate, 2) == 40.21  # the file decides the rate
+    with pytest.raises(UserError, match="takes no rate"):  # a rate is refused, not silently ignored
+        make_noisy_labels(torch.from_numpy(clean), "human", 0.9, 10, dataset="cifar10n", data_root=data_root)
     np.testing.assert_allclose(noisy.transition.sum(dim=1).numpy(), 1.0)
     with pytest.raises(UserError, match="another order"):
         make_noisy_labels(np.roll(clean, 1), "human", 0.0, 10, dataset="cifar10n", data_root=data_root)

@@ -405,11 +405,16 @@ CIFAR100_NAMES = (
 )  # fmt: skip (the fine labels of CIFAR-100, in label order)
 
 _RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy's array-reconstruction function
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickles written by numpy < 2
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # pickles written by numpy >= 2
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+_ARRAY_DTYPES = (np.int64, np.int32, np.int16, np.int8, np.uint8, np.float64, np.float32)
+# The only globals an untrusted pickle may name: what a numpy array of these dtypes needs, as
+# pickles written by numpy 1 and 2 name it. Used by the CIFAR unpickler here and, for the
+# CIFAR-N .pt files, by torch.load(weights_only=True) (noise.py).
+ARRAY_GLOBALS = {
+    "numpy.core.multiarray._reconstruct": _RECONSTRUCT,
+    "numpy._core.multiarray._reconstruct": _RECONSTRUCT,
+    "numpy.ndarray": np.ndarray,
+    "numpy.dtype": np.dtype,
+    **{f"{type(np.dtype(k)).__module__}.{type(np.dtype(k)).__name__}": type(np.dtype(k)) for k in _ARRAY_DTYPES},
 }
 
 
@@ -418,7 +423,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return ARRAY_GLOBALS[f"{module}.{name}"]
         except KeyError:
             raise pickle.UnpicklingError(f"refused global {module}.{name}") from None
 

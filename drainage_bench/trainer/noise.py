@@ -25,6 +25,7 @@ import torch
 from scipy import stats
 
 from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.trainer.data import ARRAY_GLOBALS
 
 
 @dataclass(frozen=True)
@@ -471,7 +472,7 @@ def _read_npz(path: Path, key: str) -> dict[str, np.ndarray]:
 def _read_pt(path: Path, key: str) -> dict:
     """The dict of the published .pt, unpickled with only numpy arrays allowed."""
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
+        with torch.serialization.safe_globals([(obj, name) for name, obj in ARRAY_GLOBALS.items()]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
         raise UserError(
@@ -482,23 +483,6 @@ def _read_pt(path: Path, key: str) -> dict:
         raise UserError(f"{path} holds a {type(data).__name__}, not a dict of label arrays; {_HUMAN_HELP}")
     _require_keys(path, key, data.keys())
     return data
-
-
-def _numpy_array_globals() -> list:
-    """What unpickling a numpy int/float array needs, named as pickles written by numpy 1 and 2 name it."""
-    try:
-        from numpy._core.multiarray import _reconstruct  # numpy >= 2
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    kinds = (np.int64, np.int32, np.int16, np.int8, np.uint8, np.float64, np.float32)
-    dtypes = [type(np.dtype(kind)) for kind in kinds]
-    return [
-        (_reconstruct, "numpy.core.multiarray._reconstruct"),
-        (_reconstruct, "numpy._core.multiarray._reconstruct"),
-        np.ndarray,
-        np.dtype,
-        *dtypes,
-    ]
 
 
 def _require_keys(path: Path, key: str, present) -> None:
