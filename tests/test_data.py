@@ -117,17 +117,17 @@ def write_fake_mnist(root: Path, compress: bool = True, seed: int = 0) -> dict:
 
 def test_registry_describes_every_dataset():
     expected = {
-        "digits": (10, 1, 8, "digits", False),
-        "mnist": (10, 1, 28, "mnist", False),
-        "fashion_mnist": (10, 1, 28, "fashion_mnist", False),
-        "cifar10": (10, 3, 32, "cifar10", False),
-        "cifar100": (100, 3, 32, "cifar100", False),
-        "cifar10n": (10, 3, 32, "cifar10", True),
-        "cifar100n": (100, 3, 32, "cifar100", True),
-        "webvision": (50, 3, 224, "webvision", False),
-        "clothing1m": (14, 3, 224, "clothing1m", False),
+        "digits": (10, 1, 8, "digits"),
+        "mnist": (10, 1, 28, "mnist"),
+        "fashion_mnist": (10, 1, 28, "fashion_mnist"),
+        "cifar10": (10, 3, 32, "cifar10"),
+        "cifar100": (100, 3, 32, "cifar100"),
+        "cifar10n": (10, 3, 32, "cifar10"),
+        "cifar100n": (100, 3, 32, "cifar100"),
+        "webvision": (50, 3, 224, "webvision"),
+        "clothing1m": (14, 3, 224, "clothing1m"),
     }
-    got = {k: (v.num_classes, v.in_channels, v.image_size, v.recipe, v.human_noise) for k, v in DATASETS.items()}
+    got = {k: (v.num_classes, v.in_channels, v.image_size, v.recipe) for k, v in DATASETS.items()}
     assert got == expected
     assert "CIFAR-N/CIFAR-10_human.npz" in DATASETS["cifar10n"].required
     assert "CIFAR-N/CIFAR-100_human.npz" in DATASETS["cifar100n"].required

@@ -87,7 +87,6 @@ class DatasetInfo:
     loader: Callable[[Path, bool], TensorData | StreamData]  # (root, download) -> data
     required: tuple[str, ...]  # paths relative to the data root that must exist
     recipe: str  # name of the training recipe (cifar10n trains like cifar10)
-    human_noise: bool  # labels come with real human noise (CIFAR-N label files)
     description: str
 
 
@@ -132,16 +131,17 @@ def load_dataset(name: str, root: Path, download: bool = False) -> TensorData | 
 
 
 def stratified_split(
-    labels: torch.Tensor | np.ndarray, val_fraction: float = 0.2, seed: int = 0
+    labels: torch.Tensor | np.ndarray, val_fraction: float | int = 0.2, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train_idx, val_idx)``, sorted int64, with each class split in proportion.
 
-    Uses ``sklearn.model_selection.train_test_split(..., stratify=labels)``; the same labels and
-    seed always give the same split.
+    ``val_fraction`` is a fraction in (0, 1), or (an int) the number of held-out samples. Uses
+    ``sklearn.model_selection.train_test_split(..., stratify=labels)``; the same labels and seed
+    always give the same split.
     """
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < val_fraction < 1.0:
+    if not isinstance(val_fraction, int) and not 0.0 < val_fraction < 1.0:
         raise UserError(f"val_fraction={val_fraction} is out of range; valid: 0 < val_fraction < 1")
     labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     try:
@@ -274,15 +274,11 @@ def _load_digits(root: Path, download: bool) -> TensorData:
     The data ship with scikit-learn, so ``root`` and ``download`` are not used.
     """
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     images = np.rint(bunch.images * 255.0 / 16.0).astype(np.uint8)[:, None, :, :]
     labels = bunch.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=DIGITS_TEST_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    train_idx, test_idx = stratified_split(labels, DIGITS_TEST_SIZE, DIGITS_SPLIT_SEED)
     return _tensor_data(
         "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], DIGIT_NAMES
     )
@@ -297,7 +293,6 @@ _register(
         loader=_load_digits,
         required=(),
         recipe="digits",
-        human_noise=False,
         description="scikit-learn 8x8 handwritten digits (1257 train / 540 test), bundled",
     )
 )
@@ -379,7 +374,6 @@ for _name, _folder, _names, _text in (
             loader=functools.partial(_load_idx_dataset, _name, _names),
             required=_idx_files(_folder),
             recipe=_name,
-            human_noise=False,
             description=_text,
         )
     )
@@ -501,7 +495,6 @@ for _name, _recipe, _layout, _human_file, _text in (
             loader=functools.partial(_load_cifar, _name, _layout),
             required=_files + ((_human_file,) if _human_file else ()),
             recipe=_recipe,
-            human_noise=_human_file is not None,
             description=_text,
         )
     )
@@ -627,7 +620,6 @@ _register(
         loader=_load_webvision,
         required=("webvision/info/train_filelist_google.txt", "webvision/info/val_filelist.txt"),
         recipe="webvision",
-        human_noise=False,
         description="mini-WebVision (Google images, first 50 classes), real web label noise; streamed",
     )
 )
@@ -643,7 +635,6 @@ _register(
             for f in ("noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_test_key_list.txt")
         ),
         recipe="clothing1m",
-        human_noise=False,
         description="Clothing1M (14 classes), real label noise in the training set; streamed",
     )
 )
