@@ -23,7 +23,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.errors import UserError, did_you_mean, lookup
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -245,14 +245,11 @@ def split_overrides(loss: str, overrides: dict[str, Any]) -> tuple[dict[str, Any
 def build_config(dataset: str, loss: str, overrides: dict[str, Any] | None = None) -> TrialConfig:
     """The recipe's defaults for (dataset, loss), then `overrides` (fields or loss parameters)."""
     from drainage_bench.trainer.data import DATASETS
-
-    if dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; " + did_you_mean(dataset, DATASETS))
     from drainage_bench.trainer.losses import LOSSES
 
-    if loss not in LOSSES:
-        raise UserError(f"unknown loss {loss!r}; " + did_you_mean(loss, LOSSES))
-    recipe = load_recipe(DATASETS[dataset].recipe)
+    info = lookup("dataset", dataset, DATASETS)
+    lookup("loss", loss, LOSSES)
+    recipe = load_recipe(info.recipe)
     trial_values, params = split_overrides(loss, recipe.get("loss", {}).get(loss, {}))
     values = {**recipe.get("trial", {}), **trial_values}
     extra_trial, extra_params = split_overrides(loss, overrides or {})

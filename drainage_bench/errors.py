@@ -9,6 +9,13 @@ class UserError(Exception):
     """
 
 
+def lookup(kind: str, name: str, registry: dict):
+    """``registry[name]``; for an unknown name, ``UserError("unknown <kind> 'name'; valid: ...")``."""
+    if name not in registry:
+        raise UserError(f"unknown {kind} {name!r}; {did_you_mean(name, registry)}")
+    return registry[name]
+
+
 def did_you_mean(value: str, valid) -> str:
     """``"valid: a, b, c"`` for error messages (sorted, comma separated)."""
     return "valid: " + ", ".join(sorted(map(str, valid)))

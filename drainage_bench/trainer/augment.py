@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.errors import lookup
 
 CROP_PADDING = 4
 MAX_ROTATION_DEGREES = 20.0
@@ -91,6 +91,4 @@ AUGMENTS: dict[str, Augment] = {
 
 def make_augment(name: str) -> Augment:
     """The augmentation called ``name``."""
-    if name not in AUGMENTS:
-        raise UserError(f"unknown augmentation {name!r}; {did_you_mean(name, AUGMENTS)}")
-    return AUGMENTS[name]
+    return lookup("augmentation", name, AUGMENTS)

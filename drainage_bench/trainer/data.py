@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.errors import UserError, lookup
 
 DATA_ROOT_ENV = "DRAINAGE_BENCH_DATA"
 STREAM_RESIZE = 256  # short side after resizing, before the center crop (image-folder datasets)
@@ -157,9 +157,7 @@ def stratified_split(
 
 
 def _lookup(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; {did_you_mean(name, DATASETS)}")
-    return DATASETS[name]
+    return lookup("dataset", name, DATASETS)
 
 
 @functools.lru_cache(maxsize=4)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.errors import UserError, did_you_mean, lookup
 
 LOSSES: dict[str, type] = {}
 
@@ -88,9 +88,7 @@ def register(name: str):
 
 
 def _loss_class(name: str) -> type:
-    if name not in LOSSES:
-        raise UserError(f"unknown loss {name!r}; {did_you_mean(name, LOSSES)}")
-    return LOSSES[name]
+    return lookup("loss", name, LOSSES)
 
 
 def loss_defaults(name: str) -> dict[str, float | None]:

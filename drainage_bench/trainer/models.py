@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.errors import UserError, lookup
 
 HeadFactory = Callable[[int], "ClassifierHead"]  # in_features -> head
 
@@ -202,8 +202,7 @@ def make_model(
     ``drainage_logit`` (a finite float) needs ``extra_outputs == 1``: that column is then the
     constant z_d instead of a learned one.
     """
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; {did_you_mean(name, MODELS)}")
+    build = lookup("model", name, MODELS)
     if num_classes < 2 or in_channels < 1 or image_size < 1:
         raise UserError(
             f"model {name} needs num_classes >= 2, in_channels >= 1 and image_size >= 1; "
@@ -221,4 +220,4 @@ def make_model(
     def head(in_features: int) -> ClassifierHead:
         return ClassifierHead(in_features, num_classes, extra_outputs, drainage_logit)
 
-    return MODELS[name](in_channels, image_size, head)
+    return build(in_channels, image_size, head)
