@@ -144,10 +144,12 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         raise _fail(source, f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
     metric = raw.get("metric", "final_test_acc")
-    from drainage_bench.analysis.tables import METRIC_ALIASES, METRICS
+    from drainage_bench.analysis.tables import get_metric
 
-    if METRIC_ALIASES.get(metric, metric) not in METRICS:
-        raise _fail(source, f"unknown metric {metric!r}; " + did_you_mean(metric, METRICS))
+    try:
+        get_metric(metric)
+    except UserError as err:
+        raise _fail(source, str(err)) from None
     resources_ = raw.get("resources", {})
     if not isinstance(resources_, dict):
         raise _fail(source, "[resources] must be a table")
