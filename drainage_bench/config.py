@@ -91,7 +91,8 @@ class TrialConfig:
         """The fields that define the experiment, as plain JSON-able values.
 
         Settings that have no effect (a step size under a cosine schedule, the split's seed
-        without a split) are left out, so they cannot make one experiment look like two.
+        without a split) are left out, so they cannot make one experiment look like two; so are
+        fields added after version 0.1 while they hold their default (see IDENTITY_V1).
         """
         unused = set(NOT_HASHED)
         if self.schedule != "step":
@@ -102,6 +103,8 @@ class TrialConfig:
         for f in dataclasses.fields(self):
             if f.name in unused:
                 continue
+            if f.name not in IDENTITY_V1 and getattr(self, f.name) == f.default:
+                continue  # a field added later, at its default: existing trial_ids stay valid
             value = getattr(self, f.name)
             out[f.name] = dict(value) if f.name == "loss_params" else value
         return out
@@ -132,6 +135,13 @@ class TrialConfig:
 
 
 NOT_HASHED = frozenset({"device", "data_root", "label", "params_source"})
+# The hashed fields of version 0.1. Every field added since is hashed only when it differs from
+# its default, so that an upgrade never changes the trial_id of a finished trial (stores outlive
+# versions). A new field therefore needs a default that means "as before".
+IDENTITY_V1 = frozenset({
+    "dataset", "loss", "model", "epochs", "lr", "loss_params", "noise", "noise_rate", "noise_key", "seed",
+    "batch_size", "optimizer", "momentum", "schedule", "step_size", "step_gamma", "weight_decay", "l1_delta",
+    "grad_clip", "augment", "val_fraction", "val_labels", "split_seed", "eval_every", "drainage_logit", "amp"})
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 FIELD_TYPES = {
     name: (int if f.type == "int" else float if f.type in ("float", "float | None") else str)

@@ -29,46 +29,15 @@ import numpy as np
 import pandas as pd
 
 from drainage_bench.analysis.store import ResultsStore, list_sweeps
+from drainage_bench.catalog import METRIC_ALIASES, METRICS, NOISE_GROUPS, NOISE_ORDER, Metric, get_metric  # noqa: F401
 from drainage_bench.config import noise_tag
 from drainage_bench.errors import UserError, did_you_mean
 
 DIGITS = 2  # decimals of the percentages shown
 FORMATS = ("terminal", "markdown", "latex", "csv", "json")
 SUFFIX_FORMATS = {".md": "markdown", ".tex": "latex", ".csv": "csv", ".json": "json", ".txt": "terminal"}
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    column: str           # the trial-record column
-    title: str
-    higher_is_better: bool = True
-
-
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("final_test_acc", "final_test_acc", "final test accuracy"),
-    Metric("test_acc_at_best_val", "test_acc_at_best_val", "test accuracy at the best validation epoch"),
-    Metric("best_val_acc", "best_val_acc", "best validation accuracy"),
-    Metric("final_val_acc", "final_val_acc", "final validation accuracy"),
-    Metric("drainage_clean", "final_drainage_share_clean",
-           "share of clean training samples drained", higher_is_better=False),
-    Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained"),
-)}
-# The names sweep specs use for the same metrics.
-METRIC_ALIASES = {"final_drainage_share_clean": "drainage_clean", "final_drainage_share_noisy": "drainage_noisy"}
-
-NOISE_ORDER = ("none", "sym", "asym", "instance", "human")
-NOISE_GROUPS = {"none": "Clean", "sym": "Symmetric", "asym": "Asymmetric",
-                "instance": "Instance-dependent", "human": "Human"}
 # Record columns that --where may filter on, besides the TrialConfig fields.
 WHERE_EXTRA = ("sweep", "trial_id", "loss_display")
-
-
-def get_metric(name: str) -> Metric:
-    name = METRIC_ALIASES.get(name, name)
-    if name not in METRICS:
-        raise UserError(f"unknown metric {name!r}; " + did_you_mean(name, METRICS))
-    return METRICS[name]
 
 
 @dataclass(frozen=True)

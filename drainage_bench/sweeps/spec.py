@@ -71,7 +71,7 @@ class SweepSpec:
     losses: tuple[LossEntry, ...]
     noise: tuple[NoiseSetting, ...]
     seeds: tuple[int, ...]
-    metric: str = "final_test_acc"  # a table metric name (see analysis.tables.METRICS)
+    metric: str = "final_test_acc"  # a table metric name (see catalog.METRICS)
     description: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
@@ -144,7 +144,7 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         raise _fail(source, f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
     metric = raw.get("metric", "final_test_acc")
-    from drainage_bench.analysis.tables import get_metric
+    from drainage_bench.catalog import get_metric
 
     try:
         get_metric(metric)

@@ -219,7 +219,7 @@ class Progress:
     best: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from drainage_bench.analysis.tables import get_metric
+        from drainage_bench.catalog import get_metric
 
         m = get_metric(self.metric)
         self.column, self.sign = m.column, (1.0 if m.higher_is_better else -1.0)

@@ -1,0 +1,54 @@
+"""Plain data that both `sweeps/` and `analysis/` read: the metric catalogue and noise groups.
+
+Nothing here imports torch, Ray or Optuna (the analysis layer must stay cheap to import).
+A metric names its trial-record column, its title, its direction (``higher_is_better``),
+whether it is a fraction shown in percent (``percent``; NLL is not) and where it applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drainage_bench.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    column: str           # the trial-record column
+    title: str
+    higher_is_better: bool = True
+    percent: bool = True  # a fraction, shown x100 with a % sign
+    applies: str = "every trial"
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("final_test_acc", "final_test_acc", "final test accuracy"),
+    Metric("test_acc_at_best_val", "test_acc_at_best_val", "test accuracy at the best validation epoch",
+           applies="trials with a validation split"),
+    Metric("best_val_acc", "best_val_acc", "best validation accuracy", applies="trials with a validation split"),
+    Metric("final_val_acc", "final_val_acc", "final validation accuracy", applies="trials with a validation split"),
+    Metric("drainage_clean", "final_drainage_share_clean",
+           "share of clean training samples drained", higher_is_better=False, applies="drainage trials"),
+    Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained",
+           applies="drainage trials"),
+)}
+# The names sweep specs use for the same metrics.
+METRIC_ALIASES = {"final_drainage_share_clean": "drainage_clean", "final_drainage_share_noisy": "drainage_noisy"}
+
+
+def register_metric(metric: Metric) -> Metric:
+    """Add a metric to the catalogue (a feature module calls this where its metric is defined)."""
+    METRICS[metric.name] = metric
+    return metric
+
+
+def get_metric(name: str) -> Metric:
+    name = METRIC_ALIASES.get(name, name)
+    if name not in METRICS:
+        raise UserError(f"unknown metric {name!r}; " + did_you_mean(name, METRICS))
+    return METRICS[name]
+
+
+NOISE_ORDER = ("none", "sym", "asym", "instance", "human")
+NOISE_GROUPS = {"none": "Clean", "sym": "Symmetric", "asym": "Asymmetric",
+                "instance": "Instance-dependent", "human": "Human"}
