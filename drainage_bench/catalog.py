@@ -19,6 +19,7 @@ class Metric:
     higher_is_better: bool = True
     percent: bool = True  # a fraction, shown x100 with a % sign
     applies: str = "every trial"
+    note: str = ""        # a footnote every table of this metric carries
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -27,6 +28,12 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            applies="trials with a validation split"),
     Metric("best_val_acc", "best_val_acc", "best validation accuracy", applies="trials with a validation split"),
     Metric("final_val_acc", "final_val_acc", "final validation accuracy", applies="trials with a validation split"),
+    Metric("best_test_acc", "best_test_acc", "best test-epoch accuracy (selected on the test set: optimistic)",
+           note="Best test epoch: each trial's highest test accuracy over its evaluated epochs, an epoch chosen by "
+                "looking at the test set, so it overstates what a model picked without the test set achieves; "
+                "many papers report it, compare it only with numbers selected the same way."),
+    Metric("last10_test_acc", "last10_test_acc", "mean test accuracy over the last 10 epochs",
+           note="Last 10: each trial's mean test accuracy over its evaluated epochs among the last 10."),
     Metric("drainage_clean", "final_drainage_share_clean",
            "share of clean training samples drained", higher_is_better=False, applies="drainage trials"),
     Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained",
@@ -49,6 +56,6 @@ def get_metric(name: str) -> Metric:
     return METRICS[name]
 
 
-NOISE_ORDER = ("none", "sym", "asym", "instance", "human")
+NOISE_ORDER = ("none", "sym", "asym", "instance", "human", "file")
 NOISE_GROUPS = {"none": "Clean", "sym": "Symmetric", "asym": "Asymmetric",
-                "instance": "Instance-dependent", "human": "Human"}
+                "instance": "Instance-dependent", "human": "Human", "file": "Label file"}

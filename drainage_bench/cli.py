@@ -92,7 +92,7 @@ def datasets(data_root: DataRoot = None) -> None:
 def train(
     dataset: Annotated[str, typer.Option(help="Dataset name (see `drainage-bench datasets`).")] = "digits",
     loss: Annotated[str, typer.Option(help="Loss name (see `drainage-bench losses`).")] = "ce",
-    noise: Annotated[str, typer.Option(help="none | sym:R | asym:R | instance:R | human[:KEY]")] = "none",
+    noise: Annotated[str, typer.Option(help="none | sym:R | asym:R | instance:R | human[:KEY] | file:PATH (a label file)")] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the noise, the initialisation and the data order.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's number of epochs.")] = None,
     set_: SetOpt = None,
@@ -103,16 +103,16 @@ def train(
 ) -> None:
     """Train one trial and write its records to RESULTS/NAME/."""
     from drainage_bench.config import build_config, parse_set
-    from drainage_bench.trainer.noise import parse_noise
+    from drainage_bench.trainer.noise import check_label_files, noise_fields
 
-    noise_type, rate, key = parse_noise(noise)
-    overrides = {"noise": noise_type, "noise_rate": rate, "noise_key": key, "seed": seed, **parse_set(set_)}
+    overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
         overrides["epochs"] = epochs
     if data_root is not None:
         overrides["data_root"] = data_root
     config = build_config(dataset, loss, overrides)
     _load(dataset, data_root, download)  # bad data fails here, before anything is shown or written
+    check_label_files([config])
     console.print(f"trial {config.trial_id}: {config.dataset} {config.loss} {config.noise_tag} "
                   f"seed {config.seed}, {config.model}, {config.epochs} epochs, lr {config.lr:g}")
 
@@ -127,7 +127,7 @@ def train(
     from drainage_bench.trainer.loop import run_trial
 
     result = run_trial(config, on_epoch=show)
-    ResultsStore(results, name).write_trial(result.record(), result.epochs, result.samples)
+    ResultsStore(results, name).write_trial(result.record(), result.epochs, result.samples, result.noise)
     s = result.summary
     line = (f"{result.status}: test {_pct(s.get('final_test_acc'))}% | noise {_pct(result.realized_noise_rate)}% "
             f"| {result.wall_seconds:.1f}s on {result.device} | {results / name / 'trials' / (config.trial_id + '.parquet')}")
@@ -211,6 +211,7 @@ def sweep(
     storage: StorageOpt = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed trials again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and what would run; run nothing.")] = False,
+    noise: Annotated[Optional[list[str]], typer.Option("--noise", help="Replace the spec's noise settings: none | sym:R | asym:R | instance:R | human[:KEY] | file:PATH (repeatable).")] = None,
 ) -> None:
     """Run (or resume) a sweep: every trial without a record in RESULTS/NAME/ runs on Ray Tune."""
     import time
@@ -220,7 +221,10 @@ def sweep(
     from drainage_bench.sweeps.spec import load_spec
     from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
 
-    spec = load_spec(name)
+    from drainage_bench.sweeps.spec import with_noise
+    from drainage_bench.trainer.noise import check_label_files
+
+    spec = with_noise(load_spec(name), noise)
     configs = _expand(spec, data_root, storage, results, parse_set(set_))
     store = ResultsStore(results, spec.name)
     todo = plan(configs, store, retry_failed)
@@ -238,6 +242,7 @@ def sweep(
         _load(spec.dataset, data_root, download=True)
     if todo.todo:
         _require_dataset(spec.dataset, data_root, address)
+        check_label_files(todo.todo)  # one label per training sample, before Ray starts
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)

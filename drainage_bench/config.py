@@ -32,11 +32,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def noise_tag(noise: str, rate: float, key: str | None) -> str:
-    """Compact noise name: ``clean``, ``asym0.4``, ``human-worse_label``."""
+    """Compact noise name: ``clean``, ``asym0.4``, ``human-worse_label``, ``file-<hash prefix>``."""
     if noise == "none":
         return "clean"
-    if noise == "human":
-        return f"human-{key or 'default'}"
+    if noise in ("human", "file"):
+        return f"{noise}-{key or 'default'}"
     return f"{noise}{rate:g}"
 
 
@@ -75,6 +75,7 @@ class TrialConfig:
     data_root: str | None = None
     label: str | None = None
     params_source: str | None = None
+    noise_file: str | None = None  # file noise: the label file (its content hash is the noise_key)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -134,7 +135,7 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-NOT_HASHED = frozenset({"device", "data_root", "label", "params_source"})
+NOT_HASHED = frozenset({"device", "data_root", "label", "params_source", "noise_file"})
 # The hashed fields of version 0.1. Every field added since is hashed only when it differs from
 # its default, so that an upgrade never changes the trial_id of a finished trial (stores outlive
 # versions). A new field therefore needs a default that means "as before".
@@ -171,7 +172,7 @@ def _validate(c: TrialConfig) -> None:
     info = data.DATASETS[c.dataset]
     # human noise: the dataset's default key, spelled out (one experiment, one trial_id)
     object.__setattr__(c, "noise_key", noise.validate_noise(c.noise, c.noise_rate, info.num_classes, c.dataset,
-                                                            c.noise_key))
+                                                            c.noise_key, path=c.noise_file))
     for name, low in (("seed", 0), ("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("step_size", 0),
                       ("split_seed", 0)):
         value = getattr(c, name)

@@ -4,6 +4,9 @@
     <root>/<sweep>/epochs/<trial_id>.parquet   per-epoch metrics
     <root>/<sweep>/samples/<trial_id>.parquet  per training sample at the end (drainage runs only):
                                                drainage probability, clean/mislabeled
+    <root>/<sweep>/noise/<hash>.npz            the labels trials trained on, once per content hash
+                                               (noise_files.write_noise_record); records name it
+                                               in their `noise_hash` column
     <root>/<sweep>/ray/                        Ray Tune's own experiment folders
 
 Every file is written to a temporary name in the same folder and renamed into place, so a killed
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from drainage_bench import noise_files
 from drainage_bench.errors import UserError
 
 DEFAULT_ROOT = Path("results")
@@ -39,9 +43,12 @@ class ResultsStore:
     # -- writing -----------------------------------------------------------------------------
 
     def write_trial(self, record: dict[str, Any], epochs: list[dict[str, Any]],
-                    samples: dict[str, Any] | None = None) -> Path:
-        """Write a finished (or failed) trial: epochs and samples first, the record last."""
+                    samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None) -> Path:
+        """Write a finished (or failed) trial: its noise (once per hash), epochs and samples first,
+        the record last."""
         trial_id = record["trial_id"]
+        if noise:
+            noise_files.write_noise_record(self.path / "noise", noise)
         epochs_path = self.path / "epochs" / f"{trial_id}.parquet"
         samples_path = self.path / "samples" / f"{trial_id}.parquet"
         if epochs:
@@ -58,6 +65,17 @@ class ResultsStore:
 
     def trial_path(self, trial_id: str) -> Path:
         return self.path / "trials" / f"{trial_id}.parquet"
+
+    def noise_path(self, noise_hash: str) -> Path:
+        return noise_files.noise_path(self.path / "noise", noise_hash)
+
+    def noise(self, noise_hash: str) -> dict[str, Any]:
+        """The stored noise record a trial names (its `noise_hash`): labels, transition, rates."""
+        path = self.noise_path(noise_hash)
+        if not path.is_file():
+            raise UserError(f"no noise record {noise_hash} in {self.path / 'noise'}; the trial was written "
+                            "before noise records existed, or the file was removed")
+        return noise_files.read_noise_record(path)
 
     # -- reading -----------------------------------------------------------------------------
 

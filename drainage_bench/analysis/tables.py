@@ -66,7 +66,7 @@ class Column:
         """The sub-header under the group: 40%, worse_label (empty for clean)."""
         if self.noise == "none":
             return ""
-        if self.noise == "human":
+        if self.noise in ("human", "file"):
             return self.key or "default"
         return f"{100 * self.rate:g}%"
 
@@ -451,6 +451,8 @@ def footnotes(data: TableData, best: str, second: str) -> list[str]:
     notes += [f"failed: {line}" for line in data.failures]
     if (cells["n_na"] > 0).any():
         notes.append("n/a: the metric does not apply to these trials.")
+    if data.metric.note:
+        notes.append(data.metric.note)
     if data.dropped_rows:
         notes.append(f"Rows without this metric are left out: {', '.join(data.dropped_rows)}.")
     if any(not math.isnan(v) for v in data.realized.values()):

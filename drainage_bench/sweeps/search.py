@@ -183,8 +183,10 @@ def study_name(config: TrialConfig) -> str:
     return f"{config.dataset}-{config.loss}-{config.noise_tag}"
 
 
-def noise_arg(noise: str, rate: float, key: str | None) -> str:
-    """The ``--noise`` text of a noise setting: ``asym:0.4``, ``human:worse_label``, ``none``."""
+def noise_arg(noise: str, rate: float, key: str | None, path: str | None = None) -> str:
+    """The ``--noise`` text of a noise setting: ``asym:0.4``, ``human:worse_label``, ``none``, ``file:PATH``."""
+    if noise == "file":
+        return f"file:{path}"
     if noise == "human":
         return f"human:{key}" if key else "human"
     return noise if noise == "none" else f"{noise}:{rate:g}"
@@ -192,7 +194,7 @@ def noise_arg(noise: str, rate: float, key: str | None) -> str:
 
 def tune_command(config: TrialConfig, storage: str | None = None) -> str:
     command = (f"drainage-bench tune {config.dataset} --loss {config.loss} "
-               f"--noise {noise_arg(config.noise, config.noise_rate, config.noise_key)}")
+               f"--noise {noise_arg(config.noise, config.noise_rate, config.noise_key, config.noise_file)}")
     return command + (f" --storage {storage}" if storage else "")
 
 
@@ -254,11 +256,10 @@ def make_search(dataset: str, loss: str, noise: str, *, overrides: dict[str, Any
                 pruner: str | optuna.pruners.BasePruner = "median", seed: int = 0,
                 val_labels: str = "clean", heartbeat: float = 20.0) -> Search:
     """A validated `Search` for (dataset, loss, noise) on the 80/20 split."""
-    from drainage_bench.trainer.noise import parse_noise
+    from drainage_bench.trainer.noise import noise_fields
 
-    noise_type, rate, key = parse_noise(noise)
-    values = {"val_fraction": VAL_FRACTION, **(overrides or {}), "noise": noise_type, "noise_rate": rate,
-              "noise_key": key, "seed": seed, "val_labels": val_labels}
+    values = {"val_fraction": VAL_FRACTION, **(overrides or {}), **noise_fields(noise), "seed": seed,
+              "val_labels": val_labels}
     base = build_config(dataset, loss, values)
     if base.val_fraction <= 0:
         raise UserError("val_fraction=0 leaves no validation part to score trials on; "
@@ -302,7 +303,7 @@ def plan_tune(target: str, losses: list[str] | None = None, noises: list[str] | 
         losses = losses or list(dict.fromkeys(e.name for e in tuned))
         if not losses:
             raise UserError(f"spec {spec.name!r} has no loss with params = \"tuned\"; name the losses with --loss")
-        noises = noises or [noise_arg(n.type, n.rate, n.key) for n in spec.noise]
+        noises = noises or [noise_arg(n.type, n.rate, n.key, n.path) for n in spec.noise]
         own = {loss: _loss_set(spec, loss) for loss in losses}
         own_space = {loss: [f"{k}={v}" for k, v in _loss_space(spec, loss).items()] for loss in losses}
     elif target in DATASETS:

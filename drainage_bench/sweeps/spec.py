@@ -18,6 +18,9 @@ A spec names one dataset and the grid over losses x noise settings x seeds::
     [[noise]]
     type = "human"
     keys = ["worse_label", "aggre_label"]
+    [[noise]]
+    type = "file"                      # a label file someone else made (.npz or .csv), relative
+    path = "labels.npz"                # to the spec file's folder
 
     [[losses]]
     name = "drainage"
@@ -30,6 +33,7 @@ Named specs ship in ``sweeps/specs/``; a path to a user's own file works the sam
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,7 +45,7 @@ from drainage_bench.errors import UserError, did_you_mean
 
 TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses"}
 LOSS_KEYS = {"name", "params", "set", "label", "space"}
-NOISE_KEYS = {"type", "rates", "keys"}
+NOISE_KEYS = {"type", "rates", "keys", "path"}
 RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "max_concurrent"}
 
 # Looks up tuned parameters: (dataset, loss, noise_type, rate, key) -> (params, source).
@@ -62,6 +66,7 @@ class NoiseSetting:
     type: str
     rate: float = 0.0
     key: str | None = None
+    path: str | None = None  # file noise: the label file (absolute)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class SweepSpec:
                 for seed in self.seeds:
                     values = {**self.overrides, **entry.set, **(extra or {}),
                               "noise": noise.type, "noise_rate": noise.rate, "noise_key": noise.key,
+                              **({"noise_file": noise.path} if noise.path else {}),
                               "seed": seed, "label": entry.label}
                     if isinstance(entry.params, dict):
                         values.update({f"loss.{k}": v for k, v in entry.params.items()})
@@ -99,6 +105,19 @@ class SweepSpec:
                         config = config.replace(params_source=source)
                     configs.append(config)
         return configs
+
+
+def with_noise(spec: SweepSpec, noise: list[str] | None) -> SweepSpec:
+    """The spec with its noise settings replaced by ``--noise`` texts (``asym:0.4``, ``file:PATH``)."""
+    from drainage_bench.trainer.noise import noise_fields
+
+    if not noise:
+        return spec
+    settings = []
+    for text in noise:
+        f = noise_fields(text)
+        settings.append(NoiseSetting(f["noise"], f["noise_rate"], f["noise_key"], f.get("noise_file")))
+    return dataclasses.replace(spec, noise=tuple(settings))
 
 
 def _fail(source: str, what: str) -> UserError:
@@ -200,6 +219,11 @@ def _noise_settings(value: Any, source: str) -> list[NoiseSetting]:
             settings += [NoiseSetting("human", 0.0, key) for key in item.get("keys", [None])]
         elif kind == "none":
             settings.append(NoiseSetting("none"))
+        elif kind == "file":
+            if not isinstance(item.get("path"), str):
+                raise _fail(source, 'noise "file" needs path = "labels.npz" (relative to the spec\'s folder)')
+            folder = Path(source).parent if source != "<spec>" else Path.cwd()
+            settings.append(NoiseSetting("file", path=str((folder / Path(item["path"]).expanduser()).absolute())))
         else:
             rates = item.get("rates")
             if not (isinstance(rates, list) and rates and all(isinstance(r, (int, float)) for r in rates)):

@@ -1,7 +1,8 @@
 """Label-noise generators: clean labels in, ``NoisyLabels`` out.
 
 Noise is written as ``TYPE[:RATE]`` (``parse_noise``): ``none``, ``sym:0.4``, ``asym:0.4``,
-``instance:0.4``, ``human`` or ``human:KEY``. Each type is a generator registered in
+``instance:0.4``, ``human``, ``human:KEY`` or ``file:PATH`` (a label file someone else made; see
+``noise_fields`` and ``drainage_bench.noise_files``). Each type is a generator registered in
 ``NOISE_TYPES``; ``make_noisy_labels`` validates, runs the generator and measures what it did
 (the realized transition matrix and noise rate). Generators are deterministic functions of the
 seed and never touch the global numpy / torch random state.
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from drainage_bench import noise_files
 from drainage_bench.errors import UserError, did_you_mean
 from drainage_bench.trainer.data import ARRAY_GLOBALS
 
@@ -41,6 +43,14 @@ class NoisyLabels:
     transition: torch.Tensor  # float64 (C, C), rows sum to 1
     realized_rate: float  # fraction of labels changed
 
+    def record(self, clean, dataset: str, noise: str, rate: float) -> dict:
+        """These labels as the results store keeps them (``noise_files.noise_record``): content
+        hash, noisy and clean labels of the whole training set, transition, nominal and realized rate."""
+        clean = clean.cpu().numpy() if isinstance(clean, torch.Tensor) else np.asarray(clean)
+        return noise_files.noise_record(
+            self.labels.numpy(), clean, self.transition.numpy(), noise_files.nominal_rate(noise, rate, RATED_TYPES),
+            self.realized_rate, dataset, noise)
+
 
 @dataclass(frozen=True)
 class NoiseRequest:
@@ -54,11 +64,12 @@ class NoiseRequest:
     images: object | None
     key: str | None
     data_root: str | Path | None
+    path: str | None = None  # the label file of file noise
 
 
 NOISE_TYPES: dict[str, Callable[[NoiseRequest], np.ndarray]] = {}
 RATED_TYPES = ("sym", "asym", "instance")  # the types whose text form carries a rate
-VALID_FORMS = "valid: none, sym:RATE, asym:RATE, instance:RATE, human, human:KEY (RATE in [0, 1))"
+VALID_FORMS = "valid: none, sym:RATE, asym:RATE, instance:RATE, human, human:KEY (RATE in [0, 1)), file:PATH"
 
 
 def register(name: str):
@@ -102,10 +113,27 @@ def parse_noise(text: str) -> tuple[str, float, str | None]:
     return parsed
 
 
-def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -> str | None:
+def noise_fields(text: str) -> dict:
+    """``--noise`` text as TrialConfig fields: ``{noise, noise_rate, noise_key}`` (parse_noise), and
+    for ``file:PATH`` ``{noise: "file", noise_file: <absolute PATH>}`` (the file is read and checked
+    now; its hash becomes the noise_key when the config is built)."""
+    name, sep, arg = str(text).strip().partition(":")
+    if name.strip().lower() != "file":
+        noise_type, rate, key = parse_noise(text)
+        return {"noise": noise_type, "noise_rate": rate, "noise_key": key}
+    if not arg.strip():
+        raise UserError(f"noise {text!r}: give the label file, e.g. --noise file:labels.npz; {VALID_FORMS}")
+    path = str(Path(arg.strip()).expanduser().absolute())
+    noise_files.read_label_file(path)
+    return {"noise": "file", "noise_rate": 0.0, "noise_key": None, "noise_file": path}
+
+
+def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None, path=None) -> str | None:
     """Raise ``UserError`` for an unknown type, a rate outside [0, 1) (sym, asym, instance), a
-    rate on none / human, an asym dataset without a class map, or a human dataset / key without a
-    label file. Returns the label key (human noise: the dataset's default when `key` is None).
+    rate on none / human / file, an asym dataset without a class map, a human dataset / key
+    without a label file, or a bad label file. Returns the label key (human noise: the dataset's
+    default when `key` is None; file noise: the hash prefix of the file's labels, which must equal
+    `key` when one is given).
 
     Arguments left as None are not checked (so a spec can be checked before its dataset is).
     """
@@ -117,6 +145,10 @@ def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -
         raise UserError(f"{noise_type} noise rate must be in [0, 1), got {rate!r}")
     if noise_type not in RATED_TYPES and rate:
         raise UserError(f"noise {noise_type!r} takes no rate: noise_rate={rate!r}, leave it 0")
+    if path is not None and noise_type != "file":
+        raise UserError(f"noise_file={path!r} is only for noise=file (a label file), not {noise_type}")
+    if noise_type == "file":
+        return _file_key(path, dataset, num_classes, key)
     if key is not None and noise_type != "human":
         raise UserError(f"only human noise takes a label key, got {noise_type}:{key}")
     if noise_type == "asym" and dataset is not None:
@@ -124,6 +156,37 @@ def validate_noise(noise_type, rate, num_classes=None, dataset=None, key=None) -
     if noise_type == "human":
         return human_key(dataset, key)
     return key
+
+
+def _file_key(path, dataset, num_classes, key) -> str | None:
+    if path is None:
+        if key is None:
+            raise UserError("file noise needs a label file: --noise file:PATH, or path = \"...\" in the spec's "
+                            "[[noise]] entry")
+        return key  # checked against the file when the trainer reads it
+    if dataset is None:
+        noise_files.read_label_file(path)
+        return key
+    found = noise_files.file_key(path, dataset, num_classes)
+    if key is not None and key != found:
+        raise UserError(f"label file {path} has changed: its labels hash to {found}, the trial names {key}; "
+                        "restore the file or drop noise_key to train on the new labels")
+    return found
+
+
+def check_label_files(configs) -> None:
+    """Before anything runs or is written: every label file of `configs` (file noise) has one label
+    per training sample of its dataset (loads each dataset once)."""
+    from drainage_bench.trainer.data import load_dataset, resolve_data_root
+
+    sizes: dict[tuple, int] = {}
+    for c in configs:
+        if c.noise != "file":
+            continue
+        where = (c.dataset, str(resolve_data_root(c.data_root)))
+        if where not in sizes:
+            sizes[where] = len(load_dataset(c.dataset, resolve_data_root(c.data_root)).train_labels)
+        noise_files.check_labels(c.noise_file, noise_files.read_label_file(c.noise_file), n_train=sizes[where])
 
 
 def asym_map(dataset: str | None, num_classes: int | None = None) -> dict[int, int]:
@@ -174,16 +237,17 @@ def make_noisy_labels(
     images=None,
     key: str | None = None,
     data_root=None,
+    path: str | None = None,
 ) -> NoisyLabels:
     """Corrupt the clean ``labels`` (int tensor or array, shape (N,)) with one noise type.
 
     ``images`` (N, ...) are needed by ``instance`` only, ``data_root`` and ``key`` by ``human``
-    only (whose ``rate`` is ignored). The result is the same for a given seed whatever the
+    only (whose ``rate`` is ignored), ``path`` (the label file) by ``file`` only. The result is the same for a given seed whatever the
     global random state and whatever device ``images`` live on.
     """
-    validate_noise(noise_type, rate, num_classes, dataset, key)
+    validate_noise(noise_type, rate, num_classes, dataset, key, path)
     clean = _as_clean_labels(labels, num_classes)
-    request = NoiseRequest(clean, float(rate), num_classes, dataset, int(seed), images, key, data_root)
+    request = NoiseRequest(clean, float(rate), num_classes, dataset, int(seed), images, key, data_root, path)
     noisy = NOISE_TYPES[noise_type](request)
     return NoisyLabels(
         labels=torch.from_numpy(noisy),
@@ -253,6 +317,27 @@ def symmetric_noise(request: NoiseRequest) -> np.ndarray:
 def _flip_count(rate: float, size: int) -> int:
     """floor(rate * size); the small epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 at 29."""
     return math.floor(rate * size + 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# file
+
+
+@register("file")
+def file_noise(request: NoiseRequest) -> np.ndarray:
+    """Labels someone else made: the label file's labels, one per training sample in the dataset's
+    order (``noise_files.read_label_file``). The rate is ignored; the realized rate and transition
+    are measured against the clean labels. The file's content hash must still be ``key`` (the
+    trial's identity), so a file changed after the trial was planned is refused."""
+    if request.path is None:
+        raise UserError("file noise needs the label file's path (noise_file)")
+    labels = noise_files.read_label_file(request.path)
+    noise_files.check_labels(request.path, labels, request.num_classes, n_train=request.clean.shape[0])
+    found = noise_files.labels_hash(labels, request.dataset)[:noise_files.FILE_KEY_CHARS]
+    if request.key is not None and found != request.key:
+        raise UserError(f"label file {request.path} has changed: its labels hash to {found}, the trial names "
+                        f"{request.key}")
+    return labels.copy()
 
 
 # ---------------------------------------------------------------------------------------------
