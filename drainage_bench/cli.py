@@ -287,7 +287,7 @@ def status(
 SweepsArg = Annotated[Optional[list[str]], typer.Argument(help="Sweeps (folders under RESULTS); default: the only one there.")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option("--where", help="Keep trials with FIELD=VALUE (repeatable, AND; VALUE may be a,b: OR).")]
 LossFilter = Annotated[Optional[list[str]], typer.Option("--loss", help="Keep these losses: name or table name (repeatable).")]
-MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
+MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
 
 
 @app.command()
@@ -300,14 +300,21 @@ def table(
     format_: Annotated[Optional[str], typer.Option("--format", help="terminal | markdown | latex | csv | json (default: from --output's suffix, else terminal).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the table to this file.")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="LaTeX only: a whole document that pdflatex compiles as is.")] = False,
+    compare_to: Annotated[Optional[str], typer.Option("--compare-to", help="Add to each cell the mean difference to this row (loss or table name), paired by seed, with a 95% paired-t interval.")] = None,
+    ranks: Annotated[bool, typer.Option("--ranks", help="Add the rank summary: mean rank per loss over the columns, Friedman test, Nemenyi critical difference.")] = False,
 ) -> None:
     """The paper table: one row per loss, one column per noise setting, mean ± std over seeds (%)."""
-    from drainage_bench.analysis.tables import aggregate, format_for, format_table, load_selection
+    from drainage_bench.analysis.tables import add_comparison, add_ranks, aggregate, format_for, format_table, load_selection
 
     fmt = format_for(output, format_)
     if standalone and fmt != "latex":
         raise UserError(f"--standalone applies to --format latex only, not {fmt}")
-    data = aggregate(load_selection(results, sweeps, where, loss), metric)
+    selection = load_selection(results, sweeps, where, loss)
+    data = aggregate(selection, metric)
+    if compare_to is not None:
+        add_comparison(data, selection, compare_to)
+    if ranks:
+        add_ranks(data)
     if output is None:
         width = console.width if console.is_terminal else 200  # piped: no wrapping
         sys.stdout.write(format_table(data, fmt, styled=console.is_terminal, width=width))

@@ -28,6 +28,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from drainage_bench.analysis.stats import CONFIDENCE, RankSummary, paired_by_seed, rank_summary
 from drainage_bench.analysis.store import ResultsStore, list_sweeps
 from drainage_bench.catalog import METRIC_ALIASES, METRICS, NOISE_GROUPS, NOISE_ORDER, Metric, get_metric  # noqa: F401
 from drainage_bench.config import noise_tag
@@ -333,6 +334,8 @@ class TableData:
     failed_total: int
     dropped_rows: list[str]
     notes: list[str]
+    compare_to: str | None = None          # add_comparison: the reference row of the Δ columns
+    ranks: RankSummary | None = None       # add_ranks: mean ranks, Friedman, Nemenyi CD
 
     def cell(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
@@ -342,8 +345,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
     """Mean, std (ddof=1) and n per (row, column) of `metric` (default: the spec's), ranks per column."""
     metric = metric if isinstance(metric, Metric) else get_metric(metric or selection.metric)
     trials = selection.trials
-    ok = selection.ok
-    values = ok.assign(value=pd.to_numeric(ok.get(metric.column), errors="coerce") if metric.column in ok else np.nan)
+    values = metric_values(selection, metric)
     keys = ["row", "column"]
     grid = pd.MultiIndex.from_product([selection.row_order, list(selection.columns)], names=keys)
     stats = values.groupby(keys)["value"].agg(mean="mean", std=lambda s: s.std(ddof=1), n="count")
@@ -457,7 +459,7 @@ def footnotes(data: TableData, best: str, second: str) -> list[str]:
         notes.append(f"Rows without this metric are left out: {', '.join(data.dropped_rows)}.")
     if any(not math.isnan(v) for v in data.realized.values()):
         notes.append("Realized noise: the share of training labels actually changed, mean over the column's trials.")
-    return notes + data.notes
+    return notes + comparison_notes(data) + data.notes
 
 
 def _groups(columns: list[Column], datasets: int) -> list[tuple[str, int]]:
@@ -521,7 +523,8 @@ def format_terminal(data: TableData, styled: bool = False, width: int = 200) -> 
             note = seed_note(cell, data.n_ref)
             style = {1: "bold", 2: "underline"}.get(cell["rank"], "") if styled else ""
             mark = "" if styled else {1: "*", 2: "†"}.get(cell["rank"], "")
-            texts.append(Text.assemble((text + mark, style), (f" ({note})" if note else "", "dim")))
+            texts.append(Text.assemble((text + mark, style), (f" ({note})" if note else "", "dim"),
+                                       comparison_text(data, row, cell)))
         table.add_row(row, *texts)
     table.add_section()
     table.add_row(Text("Realized noise", style="italic"), *[_realized_text(data, c) for c in data.columns])
@@ -533,6 +536,8 @@ def format_terminal(data: TableData, styled: bool = False, width: int = 200) -> 
     marks = ("bold", "underlined") if styled else ("*", "†")
     for note in footnotes(data, *marks):
         console.print(Text(note, style="dim"))
+    for i, line in enumerate(rank_lines(data)):
+        console.print(Text(line, style="bold" if i == 0 else ""))
     return buffer.getvalue()
 
 
@@ -552,17 +557,20 @@ def format_markdown(data: TableData) -> str:
             text = cell_text(cell)
             text = {1: f"**{text}**", 2: f"*{text}*"}.get(cell["rank"], text)
             note = seed_note(cell, data.n_ref)
-            cells.append(text + (f" <sub>{note}</sub>" if note else ""))
+            cells.append(text + (f" <sub>{note}</sub>" if note else "") + _md_escape(comparison_text(data, row, cell)))
         lines.append(f"| {_md_escape(row)} | " + " | ".join(cells) + " |")
     lines.append("| *Realized noise* | " + " | ".join(_realized_text(data, c) for c in data.columns) + " |")
     lines.append("")
     lines += [f"<sub>{_md_escape(n)}</sub><br>" for n in footnotes(data, "bold", "italic")]
+    ranks = rank_lines(data)
+    lines += ["", f"**{_md_escape(ranks[0])}**", ""] + [f"{_md_escape(n)}<br>" for n in ranks[1:]] if ranks else []
     return "\n".join(lines) + "\n"
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                 "±": r"$\pm$", "—": "---", "·": r"$\cdot$", "†": r"$^\dagger$"}
+                 "±": r"$\pm$", "—": "---", "·": r"$\cdot$", "†": r"$^\dagger$",
+                 "‡": r"$^\ddagger$", "Δ": r"$\Delta$", "š": r"\v{s}"}
 
 
 def latex_escape(text: str) -> str:
@@ -598,13 +606,15 @@ def format_latex(data: TableData, standalone: bool = False) -> str:
             text = latex_escape(cell_text(cell))
             text = {1: rf"\textbf{{{text}}}", 2: rf"\underline{{{text}}}"}.get(cell["rank"], text)
             note = seed_note(cell, data.n_ref)
-            cells.append(text + (rf"\textsuperscript{{{note}}}" if note else ""))
+            cells.append(text + (rf"\textsuperscript{{{note}}}" if note else "")
+                         + latex_escape(comparison_text(data, row, cell)))
         out.append(" & ".join(cells) + r" \\")
     out.append(r"\midrule")
     out.append(" & ".join([r"\textit{Realized noise}"] + [latex_escape(_realized_text(data, c))
                                                          for c in data.columns]) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", r"\footnotesize"]
     out += [latex_escape(n) + r"\par" for n in footnotes(data, r"Bold", r"underlined")]
+    out += [latex_escape(n) + r"\par" for n in rank_lines(data)]
     out.append(r"\end{table}")
     body = "\n".join(out) + "\n"
     if not standalone:
@@ -624,7 +634,8 @@ def tidy(data: TableData) -> pd.DataFrame:
                 "column": c.id, "metric": data.metric.name,
                 "mean_pct": 100 * cell["mean"], "std_pct": 100 * cell["std"], "n": int(cell["n"]),
                 "n_failed": int(cell["n_failed"]), "n_missing": int(cell["n_missing"]), "n_na": int(cell["n_na"]),
-                "rank": int(cell["rank"]), "realized_noise_pct": 100 * data.realized.get(c.id, math.nan)})
+                "rank": int(cell["rank"]), "realized_noise_pct": 100 * data.realized.get(c.id, math.nan),
+                **statistics_fields(data, row, cell)})
     return pd.DataFrame(records)
 
 
@@ -639,7 +650,7 @@ def format_json(data: TableData) -> str:
     doc = {"caption": caption(data), "metric": data.metric.name, "sweeps": data.sweeps, "rows": data.rows,
            "columns": [{"id": c.id, "group": c.group, "label": c.label} for c in data.columns],
            "cells": cells, "missing": data.missing_total, "failed": data.failed_total,
-           "footnotes": footnotes(data, "rank 1", "rank 2")}
+           "footnotes": footnotes(data, "rank 1", "rank 2"), **rank_json(data)}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
@@ -654,3 +665,143 @@ def format_for(output: str | Path | None, fmt: str | None) -> str:
             raise UserError(f"unknown format {fmt!r}; " + did_you_mean(fmt, FORMATTERS))
         return fmt
     return SUFFIX_FORMATS.get(Path(output).suffix.lower(), "terminal") if output else "terminal"
+
+
+# ---------------------------------------------------------------------------------------------
+# Paired comparisons (table --compare-to ROW) and the rank summary (table --ranks); the
+# statistics themselves are in stats.py
+
+SIGNIFICANT = "‡"  # marks a difference whose confidence interval excludes 0
+
+
+def metric_values(selection: Selection, metric: Metric) -> pd.DataFrame:
+    """The ok trials with `value`: the metric's column as numbers (NaN where it does not apply)."""
+    ok = selection.ok
+    return ok.assign(value=pd.to_numeric(ok.get(metric.column), errors="coerce") if metric.column in ok else np.nan)
+
+
+def resolve_row(data: TableData, selection: Selection, name: str) -> str:
+    """A table row by its name or its loss's name (case-insensitive)."""
+    rows = {r.lower(): r for r in data.rows}
+    if name.lower() in rows:
+        return rows[name.lower()]
+    by_loss = set(selection.trials.loc[selection.trials["loss"].astype(str).str.lower() == name.lower(), "row"])
+    by_loss &= set(data.rows)
+    if len(by_loss) == 1:
+        return by_loss.pop()
+    raise UserError(f"--compare-to {name!r} is not a row of the table"
+                    + (f" (loss {name} has several rows: {', '.join(sorted(by_loss))})" if by_loss else "")
+                    + "; " + did_you_mean(name, data.rows))
+
+
+def add_comparison(data: TableData, selection: Selection, reference: str,
+                   confidence: float = CONFIDENCE) -> TableData:
+    """Per cell, the mean difference to row `reference` over the seeds both have in that column,
+    with its paired-t confidence interval (stats.paired_difference): cells get ``diff``,
+    ``diff_low``, ``diff_high`` (fractions), ``n_pairs`` and ``diff_excludes_zero``."""
+    reference = resolve_row(data, selection, reference)
+    values = metric_values(selection, data.metric)
+    groups = {key: g[["seed", "value"]] for key, g in values.groupby(["row", "column"])}
+    empty = pd.DataFrame({"seed": [], "value": []})
+    found = {}
+    for row, column in data.cells.index:
+        d = paired_by_seed(groups.get((row, column), empty), groups.get((reference, column), empty), confidence)
+        found[(row, column)] = (d.mean, d.low, d.high, d.n, d.excludes_zero)
+    columns = ["diff", "diff_low", "diff_high", "n_pairs", "diff_excludes_zero"]
+    extra = pd.DataFrame.from_dict(found, orient="index", columns=columns)
+    extra.index = pd.MultiIndex.from_tuples(extra.index, names=data.cells.index.names)
+    data.cells = data.cells.join(extra)
+    data.compare_to = reference
+    return data
+
+
+def _signed(x: float) -> str:
+    return f"{100 * x:+.{DIGITS}f}"
+
+
+def comparison_text(data: TableData, row: str, cell: pd.Series) -> str:
+    """`` Δ -5.65 [-8.13, -3.17]‡`` after a cell (empty without --compare-to)."""
+    if data.compare_to is None:
+        return ""
+    if row == data.compare_to:
+        return " (reference)"
+    n = int(cell["n_pairs"])
+    if n == 0:
+        return "" if cell["n"] == 0 else " Δ —"
+    if n == 1:
+        return f" Δ {_signed(cell['diff'])} (1 pair)"
+    mark = SIGNIFICANT if cell["diff_excludes_zero"] else ""
+    return f" Δ {_signed(cell['diff'])} [{_signed(cell['diff_low'])}, {_signed(cell['diff_high'])}]{mark}"
+
+
+def comparison_notes(data: TableData) -> list[str]:
+    if data.compare_to is None:
+        return []
+    cells = data.cells.drop(index=data.compare_to, level="row")
+    pairs = sorted({int(n) for n in cells["n_pairs"] if n > 0})
+    how = ("no cell has a seed in common with it" if not pairs else
+           f"{pairs[0]} pair{'s' * (pairs[0] != 1)} per cell" if len(pairs) == 1 else
+           f"{pairs[0]} to {pairs[-1]} pairs per cell")
+    unit = "percentage points" if data.metric.percent else "units of the metric"
+    return [f"Δ: mean difference to {data.compare_to} over the seeds both share, paired by seed within the column "
+            f"(same seed: same noisy labels), in {unit}, with its {100 * CONFIDENCE:g}% confidence interval from the "
+            f"paired t test (mean ± t(0.975, n-1) sd / sqrt(n) over n pairs); {SIGNIFICANT}: the interval excludes 0. "
+            f"{how[0].upper() + how[1:]}; a cell with one pair has no interval."]
+
+
+def add_ranks(data: TableData) -> TableData:
+    """The rank summary of the table's cell means (stats.rank_summary): losses ranked within
+    each column, the Friedman test over the columns as blocks, the Nemenyi critical difference."""
+    matrix = data.cells["mean"].unstack("column").reindex(index=data.rows, columns=[c.id for c in data.columns])
+    data.ranks = rank_summary(matrix, data.metric.higher_is_better)
+    return data
+
+
+def rank_lines(data: TableData) -> list[str]:
+    """The rank summary as lines (a title first); empty without --ranks."""
+    s = data.ranks
+    if s is None:
+        return []
+    headers = dict(zip([c.id for c in data.columns], _headers(data)))
+    lines = [f"Rank summary over {s.n} column{'s' * (s.n != 1)} ({data.metric.title})"]
+    if s.n == 0:
+        return lines + ["No column has a value for every loss: nothing to rank."]
+    order = s.mean_ranks.sort_values(kind="stable")
+    lines.append("Mean rank (1 = best, ties share their average rank): "
+                 + ", ".join(f"{row} {rank:.2f}" for row, rank in order.items()) + ".")
+    if math.isnan(s.statistic):
+        lines.append("Friedman test: needs at least 3 losses and 2 columns.")
+    else:
+        lines.append(f"Friedman test (columns as blocks): chi-square = {s.statistic:.2f}, {s.k - 1} df, "
+                     f"p = {s.pvalue:.3g} (k = {s.k} losses, N = {s.n} columns).")
+    if not math.isnan(s.cd):
+        cliques = s.cliques()
+        lines.append(f"Nemenyi critical difference (alpha = {s.alpha:g}, Demšar 2006): CD = {s.cd:.2f}; losses whose "
+                     "mean ranks differ by less are not significantly different"
+                     + (": " + "; ".join("{" + ", ".join(g) + "}" for g in cliques) if cliques else "") + ".")
+    if s.dropped:
+        lines.append("Left out (a loss has no value there): " + ", ".join(headers.get(c, c) for c in s.dropped) + ".")
+    return lines
+
+
+def statistics_fields(data: TableData, row: str, cell: pd.Series) -> dict:
+    """The comparison and rank columns of csv / json (none without --compare-to / --ranks)."""
+    out = {}
+    if data.compare_to is not None:
+        out.update(compare_to=data.compare_to, diff_pct=100 * cell["diff"], diff_low_pct=100 * cell["diff_low"],
+                   diff_high_pct=100 * cell["diff_high"], n_pairs=int(cell["n_pairs"]),
+                   diff_excludes_zero=bool(cell["diff_excludes_zero"]))
+    if data.ranks is not None:
+        out["mean_rank"] = float(data.ranks.mean_ranks.get(row, math.nan))
+    return out
+
+
+def rank_json(data: TableData) -> dict:
+    s = data.ranks
+    if s is None:
+        return {}
+    finite = lambda x: None if x is None or math.isnan(x) else float(x)  # noqa: E731
+    return {"ranks": {"mean_ranks": {k: finite(v) for k, v in s.mean_ranks.items()}, "k": s.k, "n": s.n,
+                      "friedman_chi2": finite(s.statistic), "friedman_p": finite(s.pvalue),
+                      "nemenyi_cd": finite(s.cd), "alpha": s.alpha, "columns": s.blocks, "dropped": s.dropped,
+                      "cliques": s.cliques() if not math.isnan(s.cd) else []}}
