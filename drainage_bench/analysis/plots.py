@@ -227,6 +227,17 @@ def drainage_histograms(selection: Selection, setting: str | None = None, bins: 
 # Writing
 
 
+def critical_difference_figure(selection: Selection, metric: Metric) -> Figure | None:
+    """Demšar's critical-difference diagram of the table's mean ranks (see cd_diagram, stats)."""
+    from drainage_bench.analysis.cd_diagram import cd_diagram
+    from drainage_bench.analysis.tables import add_ranks
+
+    summary = add_ranks(aggregate(selection, metric)).ranks
+    title = (f"{metric.title}: mean rank over {summary.n} columns, Friedman p = {summary.pvalue:.3g}, "
+             f"Nemenyi CD (alpha = {summary.alpha:g})")
+    return cd_diagram(summary, title)
+
+
 def write_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     """Save `fig` as ``stem.png`` (150 dpi) and ``stem.pdf``; close it; return both paths."""
     out_dir = Path(out_dir)
@@ -253,6 +264,8 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
         f"learning_curves_{column.tag}": (learning_curves(selection, column.id), "no per-epoch records"),
         "drainage_probability": (drainage_histograms(selection, setting),
                                  "no drainage run with per-sample records under noise"),
+        f"critical_difference_{metric_.name}": (critical_difference_figure(selection, metric_),
+                                                 "no column with a value for every loss, or one loss"),
     }
     paths, notes = [], []
     for stem, (fig, why) in figures.items():
