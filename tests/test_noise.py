@@ -61,8 +61,8 @@ def test_parse_noise_rejects_bad_text_naming_it_and_the_valid_forms(text):
     assert "sym:RATE" in str(caught.value) and "human:KEY" in str(caught.value)
 
 
-def test_the_registry_holds_the_five_types():
-    assert set(NOISE_TYPES) == {"none", "sym", "asym", "instance", "human"}
+def test_the_registry_holds_the_six_types():
+    assert set(NOISE_TYPES) == {"none", "sym", "asym", "instance", "human", "file"}
 
 
 @pytest.mark.parametrize(
