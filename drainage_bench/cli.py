@@ -363,7 +363,7 @@ def _fmt(value) -> str:
 def tune(
     target: Annotated[str, typer.Argument(metavar="SPEC", help="A sweep (name or .toml: its dataset, settings, tuned losses and noise) or a dataset name.")],
     loss: Annotated[Optional[list[str]], typer.Option("--loss", help="Loss to tune (repeatable; default: the spec's losses with params = \"tuned\").")] = None,
-    noise: Annotated[Optional[list[str]], typer.Option("--noise", help="none | sym:R | asym:R | instance:R | human[:KEY] (repeatable; default: the spec's).")] = None,
+    noise: Annotated[Optional[list[str]], typer.Option("--noise", help="none | sym:R | asym:R | instance:R | human[:KEY] | file:PATH (repeatable; default: the spec's).")] = None,
     trials: Annotated[int, typer.Option(help="Complete trials each study should hold; running again tops it up.")] = 50,
     space: Annotated[Optional[list[str]], typer.Option("--space", help="Search range: NAME=loguniform:LOW:HIGH | uniform:LOW:HIGH | choice:A,B | off (repeatable).")] = None,
     pruner: Annotated[str, typer.Option(help="median | hyperband | none")] = "median",
@@ -392,6 +392,9 @@ def tune(
     res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent,
                                              address, [s.base for s in plan.searches])
     _require_dataset(plan.searches[0].base.dataset, data_root, address)
+    from drainage_bench.trainer.noise import check_label_files
+
+    check_label_files([s.base for s in plan.searches])  # file noise: one label per training sample
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:
         tally = run_search(search, url, resources=res, address=address,
