@@ -21,8 +21,6 @@ import csv
 import hashlib
 import io
 import math
-import os
-import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from drainage_bench.atomic import atomic_write
 from drainage_bench.errors import UserError
 
 FILE_KEY_CHARS = 12  # characters of the content hash in a file trial's noise_key (and trial_id)
@@ -174,18 +173,12 @@ def write_noise_record(folder: str | Path, record: dict[str, Any]) -> Path:
     path = noise_path(folder, record["hash"])
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{record['hash'][:16]}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add .npz to a name
             np.savez(handle, **{k: np.asarray(v) for k, v in record.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
 
 
 def read_noise_record(path: str | Path) -> dict[str, Any]:

@@ -16,8 +16,6 @@ trial record is written last, so its presence means the epoch and sample files a
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,6 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from drainage_bench import noise_files
+from drainage_bench.atomic import atomic_write
 from drainage_bench.errors import UserError
 
 DEFAULT_ROOT = Path("results")
@@ -129,18 +128,7 @@ def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: l
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> Path:
     """Write `table` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def list_sweeps(root: str | Path) -> list[str]:
