@@ -28,7 +28,7 @@ def cd_diagram(summary: RankSummary, title: str = "") -> Figure | None:
     rows = max(len(left), len(right))
     fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.3 * rows + 0.15 * len(summary.cliques())), layout="constrained")
     lo, hi = 1, k
-    ax.set_xlim(lo - 0.5, hi + 0.5)
+    ax.set_xlim(lo - 2.0, hi + 2.0)  # room for the labels beside the axis
     ax.hlines(0, lo, hi, color="black", linewidth=1)
     for r in range(lo, hi + 1):
         ax.vlines(r, 0, 0.08, color="black", linewidth=1)
@@ -48,11 +48,11 @@ def cd_diagram(summary: RankSummary, title: str = "") -> Figure | None:
     for side, items in (("left", left), ("right", right)):
         for i, (name, rank) in enumerate(items):
             y = top - 0.28 * (i if side == "left" else len(items) - 1 - i)
-            end = lo - 0.45 if side == "left" else hi + 0.45
+            end = lo - 0.3 if side == "left" else hi + 0.3
             ax.vlines(rank, y, 0, color="0.3", linewidth=0.8)
             ax.hlines(y, min(rank, end), max(rank, end), color="0.3", linewidth=0.8)
-            ax.text(end, y + 0.03, f"{name} ({rank:.2f})", ha="left" if side == "left" else "right",
-                    va="bottom", fontsize=9)
+            ax.text(end + (-0.05 if side == "left" else 0.05), y, f"{name} ({rank:.2f})",
+                    ha="right" if side == "left" else "left", va="center", fontsize=9)
     ax.set_ylim(top - 0.28 * rows, 0.8)
     ax.axis("off")
     ax.set_title(title or f"mean rank over {summary.n} columns (Friedman p = {summary.pvalue:.3g}; "
