@@ -134,3 +134,37 @@ def test_the_test_selected_metric_says_so():
     metric = get_metric("best_test_acc")
     assert "selected on the test set" in metric.title and "test set" in metric.note
     assert get_metric("last10_test_acc").column == "last10_test_acc"
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties, against scipy's own paired test and the textbook Friedman formula
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
+
+values = st.floats(min_value=0, max_value=1, allow_nan=False, allow_subnormal=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(values, values), min_size=2, max_size=8))
+def test_the_interval_is_scipys_paired_t_interval(pairs):
+    a, b = map(np.array, zip(*pairs))
+    d = paired_difference(a, b)
+    if np.std(a - b) < 1e-9:  # no spread: scipy's interval is undefined (0 / 0)
+        return
+    test = scipy_stats.ttest_rel(a, b)
+    low, high = test.confidence_interval(0.95)
+    assert d.low == pytest.approx(low, abs=1e-9) and d.high == pytest.approx(high, abs=1e-9)
+    if abs(test.pvalue - 0.05) > 1e-6:  # excluding 0 from the 95% interval is p < 0.05
+        assert d.excludes_zero == (test.pvalue < 0.05)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(3, 6), st.integers(2, 6), st.integers(0, 2**32 - 1))
+def test_friedman_matches_the_rank_sum_formula_without_ties(k, n, seed):
+    matrix = pd.DataFrame(np.random.default_rng(seed).permuted(np.tile(np.arange(k, dtype=float), (n, 1)), axis=1).T)
+    s = rank_summary(matrix)  # column j holds a permutation of 0..k-1: no ties
+    sums = rank_matrix(matrix).sum(axis=1)
+    assert s.statistic == pytest.approx(12 / (n * k * (k + 1)) * float((sums ** 2).sum()) - 3 * n * (k + 1))
+    assert s.mean_ranks.mean() == pytest.approx((k + 1) / 2)  # ranks 1..k in every column
