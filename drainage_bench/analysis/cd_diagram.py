@@ -18,8 +18,9 @@ from drainage_bench.analysis.stats import RankSummary  # noqa: E402
 
 
 def cd_diagram(summary: RankSummary, title: str = "") -> Figure | None:
-    """The diagram of `summary`; None when there is nothing to rank (no complete column, one loss)."""
-    if summary.n == 0 or summary.k < 2 or math.isnan(summary.cd):
+    """The diagram of `summary`; None where the Friedman test is undefined (fewer than 3 losses
+    or 2 complete columns): a diagram without a test would look like evidence."""
+    if summary.n < 2 or summary.k < 3 or math.isnan(summary.cd):
         return None
     k = summary.k
     order = summary.mean_ranks.sort_values(kind="stable")

@@ -265,7 +265,7 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
         "drainage_probability": (drainage_histograms(selection, setting),
                                  "no drainage run with per-sample records under noise"),
         f"critical_difference_{metric_.name}": (critical_difference_figure(selection, metric_),
-                                                 "no column with a value for every loss, or one loss"),
+                                                 "fewer than 3 losses or 2 columns with a value for every loss"),
     }
     paths, notes = [], []
     for stem, (fig, why) in figures.items():
