@@ -242,7 +242,8 @@ def sweep(
         _load(spec.dataset, data_root, download=True)
     if todo.todo:
         _require_dataset(spec.dataset, data_root, address)
-        check_label_files(todo.todo)  # one label per training sample, before Ray starts
+        if not address:  # on a cluster the data may live on the workers only: each trial checks its file
+            check_label_files(todo.todo)  # one label per training sample, before Ray starts
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
