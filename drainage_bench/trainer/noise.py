@@ -242,8 +242,8 @@ def make_noisy_labels(
     """Corrupt the clean ``labels`` (int tensor or array, shape (N,)) with one noise type.
 
     ``images`` (N, ...) are needed by ``instance`` only, ``data_root`` and ``key`` by ``human``
-    only (whose ``rate`` is ignored), ``path`` (the label file) by ``file`` only. The result is the same for a given seed whatever the
-    global random state and whatever device ``images`` live on.
+    only (whose ``rate`` is ignored), ``path`` (the label file) by ``file`` only. The result is
+    the same for a given seed whatever the global random state and whatever device ``images`` live on.
     """
     validate_noise(noise_type, rate, num_classes, dataset, key, path)
     clean = _as_clean_labels(labels, num_classes)
