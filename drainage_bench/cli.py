@@ -49,6 +49,12 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
+def _more_evals(m: dict) -> str:
+    """The epoch's other evaluations (validation, ILSVRC2012), when it has them."""
+    return "".join(f"  {name} {_pct(m[f'{name}_acc'])}%" for name in ("val", "imagenet")
+                   if not math.isnan(m.get(f"{name}_acc", math.nan)))
+
+
 def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
@@ -113,6 +119,7 @@ def train(
     config = build_config(dataset, loss, overrides)
     _load(dataset, data_root, download)  # bad data fails here, before anything is shown or written
     check_label_files([config])
+    _require_weights([config])
     console.print(f"trial {config.trial_id}: {config.dataset} {config.loss} {config.noise_tag} "
                   f"seed {config.seed}, {config.model}, {config.epochs} epochs, lr {config.lr:g}")
 
@@ -121,7 +128,7 @@ def train(
             f"  drained clean {_pct(m['drainage_share_clean'])}% mislabeled {_pct(m['drainage_share_noisy'])}%")
         console.print(f"epoch {m['epoch']:>3}/{config.epochs}  loss {m['train_loss']:.4f}  "
                       f"train(noisy) {_pct(m['train_acc_noisy'])}%  train(clean) {_pct(m['train_acc_clean'])}%  "
-                      f"test {_pct(m['test_acc'])}%{drain}  {m['epoch_seconds']:.1f}s", highlight=False)
+                      f"test {_pct(m['test_acc'])}%{_more_evals(m)}{drain}  {m['epoch_seconds']:.1f}s", highlight=False)
 
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.trainer.loop import run_trial
@@ -174,6 +181,14 @@ def _require_dataset(dataset: str, data_root: str | None, address: str | None) -
     found, detail = dataset_status(dataset, resolve_data_root(data_root))
     if not found:
         raise UserError(f"dataset {dataset!r} is not available: {detail}")
+
+
+def _require_weights(configs: list) -> None:
+    """Every starting-weights file the trials name (`pretrained`) is there."""
+    from drainage_bench.trainer.pretrained import require_weights
+
+    for config in configs:
+        require_weights(config)
 
 
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
@@ -244,6 +259,7 @@ def sweep(
         _require_dataset(spec.dataset, data_root, address)
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
             check_label_files(todo.todo)  # one label per training sample, before Ray starts
+            _require_weights(todo.todo)
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
@@ -288,7 +304,7 @@ def status(
 SweepsArg = Annotated[Optional[list[str]], typer.Argument(help="Sweeps (folders under RESULTS); default: the only one there.")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option("--where", help="Keep trials with FIELD=VALUE (repeatable, AND; VALUE may be a,b: OR).")]
 LossFilter = Annotated[Optional[list[str]], typer.Option("--loss", help="Keep these losses: name or table name (repeatable).")]
-MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
+MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | final_imagenet_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
 
 
 @app.command()

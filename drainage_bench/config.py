@@ -70,6 +70,11 @@ class TrialConfig:
     eval_every: int = 1
     drainage_logit: float | None = None
     amp: bool = True
+    # Streamed datasets and real-noise recipes (WebVision, Clothing1M); defaults: as before.
+    nesterov: bool = False           # SGD with Nesterov momentum
+    train_crop: str = "center"       # training view of streamed images: center | random_resized
+    balanced_subsample: int = 0      # >0: each epoch trains on this many samples per class, drawn anew
+    pretrained: str | None = None    # a state-dict file (relative: under the data root) to start from
     # Not part of the trial's identity (see NOT_HASHED): where and how it runs, how it is shown.
     device: str = "auto"
     data_root: str | None = None
@@ -182,6 +187,7 @@ def _validate(c: TrialConfig) -> None:
     _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
     _check(isinstance(c.amp, bool), "amp", c.amp, "true or false (bf16 autocast on CUDA)")
     _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
+    _validate_streamed(c)
     _check(_finite(c.lr) and c.lr > 0, "lr", c.lr, "a number > 0")
     for name in ("momentum", "weight_decay", "l1_delta", "grad_clip", "step_gamma"):
         _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, name, getattr(c, name), "a number >= 0")
@@ -191,6 +197,22 @@ def _validate(c: TrialConfig) -> None:
         _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit, "a finite number, or none")
         _check(losses.LOSSES[c.loss].extra_outputs == 1, "drainage_logit", c.drainage_logit,
                "only the drainage loss has a drainage node")
+
+
+def _validate_streamed(c: TrialConfig) -> None:
+    """The fields of the real-noise recipes: Nesterov, the training crop, the subsample, the weights."""
+    from drainage_bench.trainer import data, stream
+
+    _check(isinstance(c.nesterov, bool), "nesterov", c.nesterov, "true or false (SGD with Nesterov momentum)")
+    _check(not c.nesterov or (c.optimizer == "sgd" and c.momentum > 0), "nesterov", c.nesterov,
+           "Nesterov momentum needs optimizer=sgd and momentum > 0")
+    _check(c.train_crop in stream.CROPS, "train_crop", c.train_crop, did_you_mean(c.train_crop, stream.CROPS))
+    _check(c.train_crop == "center" or c.dataset in data.STREAMED_DATASETS, "train_crop", c.train_crop,
+           "only the streamed datasets (" + ", ".join(data.STREAMED_DATASETS) + ") crop while decoding")
+    _check(_integer(c.balanced_subsample) and c.balanced_subsample >= 0, "balanced_subsample",
+           c.balanced_subsample, "an integer >= 0: samples per class per epoch (0: the whole training set)")
+    _check(c.pretrained is None or (isinstance(c.pretrained, str) and c.pretrained.strip() != ""), "pretrained",
+           c.pretrained, "a state-dict file (absolute, or relative to the data root), or none")
 
 
 def _integer(x: Any) -> bool:

@@ -410,12 +410,14 @@ def test_clothing1m_fake_folder(tmp_path):
     (notes / "noisy_label_kv.txt").write_text("images/0/00/a.jpg 3\nimages/0/00/b.jpg 13\nimages/0/01/z.jpg 1\n")
     (notes / "clean_label_kv.txt").write_text("images/5/00/t.jpg 7\nimages/0/00/a.jpg 4\n")
     (notes / "noisy_train_key_list.txt").write_text("images/0/00/b.jpg\nimages/0/00/a.jpg\n")
+    (notes / "clean_val_key_list.txt").write_text("images/0/00/a.jpg\n")
     (notes / "clean_test_key_list.txt").write_text("images/5/00/t.jpg\n")
     for key in ("0/00/a.jpg", "0/00/b.jpg", "5/00/t.jpg"):
         write_two_colour_image(tmp_path / "clothing1m/images" / key, RED, RED)
     clothing = load_dataset("clothing1m", tmp_path)
     assert clothing.train_labels.tolist() == [13, 3]  # noisy labels, in key-list order
     assert clothing.test_labels.tolist() == [7]  # clean label
+    assert clothing.evals["val"][1].tolist() == [4]  # the clean label of a.jpg, not its noisy 3
     assert clothing.num_classes == 14 and len(clothing.class_names) == 14
     image = clothing.test[0]
     assert image.shape == (3, 224, 224)
@@ -428,6 +430,7 @@ def test_clothing1m_key_without_label_is_a_user_error(tmp_path):
     for name in ("noisy_label_kv.txt", "clean_label_kv.txt"):
         (notes / name).write_text("images/0/00/a.jpg 3\n")
     (notes / "noisy_train_key_list.txt").write_text("images/0/00/a.jpg\nimages/0/00/lost.jpg\n")
+    (notes / "clean_val_key_list.txt").write_text("images/0/00/a.jpg\n")
     (notes / "clean_test_key_list.txt").write_text("images/0/00/a.jpg\n")
     with pytest.raises(UserError, match="has no label for images/0/00/lost.jpg"):
         load_dataset("clothing1m", tmp_path)

@@ -18,7 +18,7 @@ import functools
 import gzip
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -74,6 +74,10 @@ class StreamData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    # Further evaluation sets, name -> (images, labels): "val", a held-out set of the dataset's
+    # own (Clothing1M's clean validation keys, for model selection), or another test set
+    # ("imagenet": WebVision's classes in the ILSVRC2012 validation images).
+    evals: dict[str, tuple[Dataset, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -508,17 +512,24 @@ _DOWNLOADERS: dict[str, Callable[[Path], None]] = {
 # --------------------------------------------------------------------------- image folders (streamed)
 
 WEBVISION_CLASSES = 50  # mini-WebVision: the Google images of the first 50 WebVision classes
+WEBVISION_ALL_CLASSES = 1000  # the labels of WebVision's file lists (its ImageNet synsets)
 CLOTHING1M_NAMES = (
     "T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
     "Jacket", "Down Coat", "Suit", "Shawl", "Dress", "Vest", "Underwear",
 )  # fmt: skip
+STREAMED_DATASETS = ("webvision", "clothing1m")  # datasets whose images stream (train_crop applies)
+
+
+def center_view(image: torch.Tensor, resize: int = STREAM_RESIZE, size: int = STREAM_IMAGE_SIZE) -> torch.Tensor:
+    """The evaluation view: short side resized to ``resize`` (bilinear, antialiased), center crop ``size``."""
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.center_crop(TF.resize(image, resize, antialias=True), size)
 
 
 class ImageFiles(Dataset):
-    """Image files decoded with PIL, resized (short side ``resize``) and center-cropped.
-
-    ``dataset[i]`` is a uint8 tensor (3, size, size).
-    """
+    """Image files: ``read(i)`` their bytes, ``decode(i)`` the whole RGB image (uint8 (3, H, W)),
+    ``dataset[i]`` its evaluation view (short side 256, center crop 224)."""
 
     def __init__(self, paths: list[Path], size: int = STREAM_IMAGE_SIZE, resize: int = STREAM_RESIZE):
         self.paths = paths
@@ -528,19 +539,35 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def read(self, index: int) -> torch.Tensor:
+        """The file's bytes as a uint8 1-D tensor (what a GPU decoder takes)."""
+        path = self.paths[index]
+        try:
+            return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        except OSError as exc:
+            raise OSError(f"{path} cannot be read ({exc}); check the dataset files") from exc
+
+    def decode(self, index: int) -> torch.Tensor:
+        """The whole image, RGB uint8 (3, H, W): torchvision's decoders, PIL for other formats."""
+        from torchvision.io import ImageReadMode, decode_image
+
+        try:
+            return decode_image(self.read(index), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # a format or colour space torchvision does not decode: PIL's turn
         from PIL import Image
-        from torchvision.transforms import functional as TF
+        from torchvision.transforms.v2 import functional as TF
 
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                image = image.convert("RGB")
+                return TF.pil_to_tensor(image.convert("RGB"))
         except OSError as exc:
             # Not a UserError: found mid-training, it fails the trial (recorded), not the program.
             raise OSError(f"{path} cannot be decoded as an image ({exc}); check the dataset files") from exc
-        image = TF.center_crop(TF.resize(image, self.resize), self.size)
-        return TF.pil_to_tensor(image)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return center_view(self.decode(index), self.resize, self.size)
 
 
 def _read_list(path: Path, with_label: bool, folder: _DataFolder) -> list[tuple[str, int]] | list[str]:
@@ -556,7 +583,25 @@ def _read_list(path: Path, with_label: bool, folder: _DataFolder) -> list[tuple[
     return entries
 
 
-def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class_names) -> StreamData:
+def _check_range(entries: list[tuple[str, int]], count: int, path: Path, folder: _DataFolder) -> None:
+    """Every label of ``entries`` (read from ``path``) lies in 0..count-1."""
+    bad = next(((p, y) for p, y in entries if not 0 <= y < count), None)
+    if bad is not None:
+        raise folder.error(path, f"gives {bad[0]} the label {bad[1]}, outside the classes 0..{count - 1}")
+
+
+def _check_images_exist(paths: list[Path], listed_in: Path, folder: _DataFolder) -> None:
+    """Every listed image exists (one directory listing per folder, not one stat per file)."""
+    contents: dict[Path, set[str]] = {}
+    for path in paths:
+        parent = path.parent
+        if parent not in contents:
+            contents[parent] = set(os.listdir(parent)) if parent.is_dir() else set()
+        if path.name not in contents[parent]:
+            raise folder.error(path, f"not found (listed in {listed_in.name})")
+
+
+def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class_names, evals=None) -> StreamData:
     return StreamData(
         name=name,
         train=ImageFiles(train_paths),
@@ -567,7 +612,66 @@ def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         class_names=tuple(class_names),
+        evals={k: (ImageFiles(paths), torch.tensor(labels, dtype=torch.int64))
+               for k, (paths, labels) in (evals or {}).items()},
     )
+
+
+def _read_synsets(path: Path, folder: _DataFolder) -> list[str]:
+    """WebVision's ``info/synsets.txt``: line i starts with the WordNet id of class i."""
+    lines = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if len(lines) < WEBVISION_CLASSES or not all(s.startswith("n") and s[1:].isdigit() for s in lines):
+        raise folder.error(path, f"is not a list of at least {WEBVISION_CLASSES} WordNet ids (n01440764 ...), one a line")
+    return lines
+
+
+def _imagenet_validation(root: Path, synsets: list[str], folder: _DataFolder) -> tuple[list[Path], list[int]] | None:
+    """The ILSVRC2012 validation images of WebVision's first 50 classes, labelled 0..49.
+
+    WebVision's class i is the ImageNet synset on line i of ``info/synsets.txt``. Two layouts:
+    ``imagenet/val/<wnid>/*.JPEG`` (torchvision's, or the devkit's valprep.sh), else the flat
+    ``imagenet/ILSVRC2012_img_val/ILSVRC2012_val_%08d.JPEG`` with the devkit's
+    ``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt`` (line k: the
+    ILSVRC2012_ID of image k) and ``meta.mat`` (ILSVRC2012_ID -> WNID). None if neither is there.
+    """
+    base = root / "imagenet"
+    wanted = synsets[:WEBVISION_CLASSES]
+    if (base / "val").is_dir():
+        paths, labels = [], []
+        for label, wnid in enumerate(wanted):
+            class_folder = base / "val" / wnid
+            if not class_folder.is_dir():
+                raise folder.error(class_folder, f"not found (the ILSVRC2012 validation folder of WebVision class {label})")
+            files = sorted(class_folder.iterdir())
+            paths += files
+            labels += [label] * len(files)
+        return paths, labels
+    images = base / "ILSVRC2012_img_val"
+    if not images.is_dir():
+        return None
+    devkit = base / "ILSVRC2012_devkit_t12" / "data"
+    truth, meta = devkit / "ILSVRC2012_validation_ground_truth.txt", devkit / "meta.mat"
+    for path in (truth, meta):
+        if not path.is_file():
+            raise folder.error(path, f"not found (needed with {images.name}/ to label the ILSVRC2012 validation images)")
+    import scipy.io  # a MAT-file parser: reads arrays, runs no code
+
+    try:
+        synset_table = scipy.io.loadmat(str(meta), squeeze_me=True)["synsets"]
+        wnid_of = {int(i): str(w) for i, w in zip(synset_table["ILSVRC2012_ID"], synset_table["WNID"])}
+    except Exception as exc:  # noqa: BLE001 - a damaged MAT file fails in many ways
+        raise folder.error(meta, f"is not the devkit's meta.mat with synsets(ILSVRC2012_ID, WNID) ({exc})") from exc
+    label_of = {wnid: label for label, wnid in enumerate(wanted)}
+    paths, labels = [], []
+    for number, line in enumerate(truth.read_text().split(), start=1):
+        if not line.isdigit() or int(line) not in wnid_of:
+            raise folder.error(truth, f"line {number} ({line!r}) is not an ILSVRC2012_ID of meta.mat")
+        label = label_of.get(wnid_of[int(line)])
+        if label is not None:
+            paths.append(images / f"ILSVRC2012_val_{number:08d}.JPEG")
+            labels.append(label)
+    _check_images_exist(paths, truth, folder)
+    return paths, labels
 
 
 def _load_webvision(root: Path, download: bool) -> StreamData:
@@ -575,21 +679,45 @@ def _load_webvision(root: Path, download: bool) -> StreamData:
 
     Training paths in ``info/train_filelist_google.txt`` are relative to ``webvision/`` (the
     unpacked ``google_resized_256.tar`` gives ``google/q0001/...``); validation paths in
-    ``info/val_filelist.txt`` are relative to ``webvision/val_images_256/``.
+    ``info/val_filelist.txt`` are relative to ``webvision/val_images_256/``. The 50 classes are
+    the entries labelled 0..49, wherever they stand in the lists. With ``imagenet/`` beside
+    ``webvision/`` (and ``info/synsets.txt``), the ILSVRC2012 validation images of the same 50
+    synsets are a second test set, ``imagenet``.
     """
     folder = _ensure_available("webvision", root, download)
     base = root / "webvision"
+    synsets_path = base / "info" / "synsets.txt"
+    synsets = _read_synsets(synsets_path, folder) if synsets_path.is_file() else None
     splits = []
     for list_name, image_folder in (("train_filelist_google.txt", base), ("val_filelist.txt", base / "val_images_256")):
-        entries = [(p, y) for p, y in _read_list(base / "info" / list_name, True, folder) if y < WEBVISION_CLASSES]
-        splits.append(([image_folder / p for p, _ in entries], [y for _, y in entries]))
+        list_path = base / "info" / list_name
+        entries = _read_list(list_path, True, folder)
+        _check_range(entries, len(synsets) if synsets else WEBVISION_ALL_CLASSES, list_path, folder)
+        kept = [(image_folder / p, y) for p, y in entries if y < WEBVISION_CLASSES]
+        _check_images_exist([p for p, _ in kept], list_path, folder)
+        splits.append(([p for p, _ in kept], [y for _, y in kept]))
     (train_paths, train_labels), (test_paths, test_labels) = splits
-    names = tuple(str(c) for c in range(WEBVISION_CLASSES))
-    return _stream_data("webvision", train_paths, train_labels, test_paths, test_labels, names)
+    evals = {}
+    if (root / "imagenet").is_dir():
+        if synsets is None:
+            raise folder.error(synsets_path, "not found (needed to match the ILSVRC2012 validation images under imagenet/ to WebVision's classes)")
+        imagenet = _imagenet_validation(root, synsets, folder)
+        if imagenet is not None:
+            evals["imagenet"] = imagenet
+    names = tuple(synsets[:WEBVISION_CLASSES]) if synsets else tuple(str(c) for c in range(WEBVISION_CLASSES))
+    return _stream_data("webvision", train_paths, train_labels, test_paths, test_labels, names, evals)
+
+
+CLOTHING1M_SPLITS = (  # (key list, label file): training, clean validation, clean test
+    ("noisy_train_key_list.txt", "noisy_label_kv.txt"),
+    ("clean_val_key_list.txt", "clean_label_kv.txt"),
+    ("clean_test_key_list.txt", "clean_label_kv.txt"),
+)
 
 
 def _load_clothing1m(root: Path, download: bool) -> StreamData:
-    """Clothing1M: the noisy training keys with their noisy labels, the clean test keys.
+    """Clothing1M: the noisy training keys with their noisy labels; the clean validation keys
+    (the evaluation ``val``, on which the model is selected) and the clean test keys.
 
     Keys (``images/0/00/....jpg``) are relative to ``clothing1m/``; labels come from
     ``annotations/noisy_label_kv.txt`` and ``annotations/clean_label_kv.txt``.
@@ -597,16 +725,24 @@ def _load_clothing1m(root: Path, download: bool) -> StreamData:
     folder = _ensure_available("clothing1m", root, download)
     base = root / "clothing1m"
     notes = base / "annotations"
+    label_files = {}
     splits = []
-    for key_list, label_file in (("noisy_train_key_list.txt", "noisy_label_kv.txt"), ("clean_test_key_list.txt", "clean_label_kv.txt")):
-        label_of = dict(_read_list(notes / label_file, True, folder))
+    for key_list, label_file in CLOTHING1M_SPLITS:
+        if label_file not in label_files:
+            label_files[label_file] = dict(_read_list(notes / label_file, True, folder))
+        label_of = label_files[label_file]
         keys = _read_list(notes / key_list, False, folder)
         unlabelled = next((k for k in keys if k not in label_of), None)
         if unlabelled is not None:
             raise folder.error(notes / label_file, f"has no label for {unlabelled} (listed in {key_list})")
-        splits.append(([base / k for k in keys], [label_of[k] for k in keys]))
-    (train_paths, train_labels), (test_paths, test_labels) = splits
-    return _stream_data("clothing1m", train_paths, train_labels, test_paths, test_labels, CLOTHING1M_NAMES)
+        entries = [(k, label_of[k]) for k in keys]
+        _check_range(entries, len(CLOTHING1M_NAMES), notes / label_file, folder)
+        paths = [base / k for k in keys]
+        _check_images_exist(paths, notes / key_list, folder)
+        splits.append((paths, [y for _, y in entries]))
+    (train_paths, train_labels), val, (test_paths, test_labels) = splits
+    return _stream_data("clothing1m", train_paths, train_labels, test_paths, test_labels, CLOTHING1M_NAMES,
+                        {"val": val})
 
 
 _register(
@@ -618,7 +754,8 @@ _register(
         loader=_load_webvision,
         required=("webvision/info/train_filelist_google.txt", "webvision/info/val_filelist.txt"),
         recipe="webvision",
-        description="mini-WebVision (Google images, first 50 classes), real web label noise; streamed",
+        description="mini-WebVision (Google images, first 50 classes), real web label noise; streamed; "
+                    "+ ILSVRC2012 validation images of the same classes when imagenet/ is there",
     )
 )
 _register(
@@ -628,11 +765,11 @@ _register(
         in_channels=3,
         image_size=STREAM_IMAGE_SIZE,
         loader=_load_clothing1m,
-        required=tuple(
-            f"clothing1m/annotations/{f}"
-            for f in ("noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_test_key_list.txt")
-        ),
+        required=tuple(f"clothing1m/annotations/{f}" for f in (
+            "noisy_label_kv.txt", "clean_label_kv.txt", "noisy_train_key_list.txt", "clean_val_key_list.txt",
+            "clean_test_key_list.txt")),
         recipe="clothing1m",
-        description="Clothing1M (14 classes), real label noise in the training set; streamed",
+        description="Clothing1M (14 classes), real label noise in the training set; model selection on the "
+                    "clean validation keys; streamed",
     )
 )

@@ -35,6 +35,9 @@ from drainage_bench.trainer.data import DATASETS, StreamData, TensorData, load_d
 from drainage_bench.trainer.losses import LOSSES, display_name, make_loss
 from drainage_bench.trainer.models import make_model
 from drainage_bench.trainer.noise import NoisyLabels, make_noisy_labels
+from drainage_bench.trainer.pretrained import PretrainedWeights, load_weights
+from drainage_bench.trainer.sampling import epoch_orders
+from drainage_bench.trainer.stream import StreamBatches
 
 MAX_EVAL_BATCH = 1024
 OnEpoch = Callable[[dict[str, Any]], None]
@@ -101,6 +104,8 @@ def summarize(epochs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("test_acc", "val_acc", "train_acc_noisy", "train_acc_clean", "memorized",
                 "drainage_share_clean", "drainage_share_noisy", "train_loss"):
         out[f"final_{key}"] = last.get(key, math.nan)
+    if "imagenet_acc" in last:  # WebVision's second test set (the ILSVRC2012 validation images)
+        out["final_imagenet_acc"] = last["imagenet_acc"]
     evaluated = [e for e in epochs if not math.isnan(e.get("val_acc", math.nan))]
     if evaluated:
         best = max(evaluated, key=lambda e: e["val_acc"])  # first epoch of the best value
@@ -148,56 +153,9 @@ class TensorBatches:
     def __init__(self, images: torch.Tensor, device: torch.device) -> None:
         self.images = images.to(device, non_blocking=True)
 
-    def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(self, order: torch.Tensor, batch_size: int, train: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for idx in order.to(self.images.device).split(batch_size):  # one copy per epoch
             yield idx, self.images[idx]
-
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray) -> None:
-        self.dataset, self.indices = dataset, indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, self.dataset[int(self.indices[i])]
-
-
-class _OrderedBatches:
-    """A batch sampler whose order and batch size are set before each pass (it is read in the
-    main process, so kept workers see the change)."""
-
-    def __init__(self) -> None:
-        self.batch_size, self.order = 1, torch.arange(0)
-
-    def __iter__(self):
-        return (b.tolist() for b in self.order.split(self.batch_size))
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
-
-
-class StreamBatches:
-    """Images decoded from files by DataLoader workers; positions refer to `indices`.
-
-    One DataLoader per source; each pass sets its sampler's order and batch size. The training
-    source keeps its workers between passes (`persistent`); the evaluation sources, used once
-    every `eval_every` epochs, start theirs for each pass.
-    """
-
-    def __init__(self, dataset: torch.utils.data.Dataset, indices: np.ndarray, device: torch.device,
-                 persistent: bool) -> None:
-        self.device, self.sampler = device, _OrderedBatches()
-        workers = min(8, torch.get_num_threads())
-        self.loader = torch.utils.data.DataLoader(
-            _Indexed(dataset, indices), batch_sampler=self.sampler, num_workers=workers,
-            persistent_workers=persistent and workers > 0, pin_memory=device.type == "cuda")
-
-    def __call__(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.order, self.sampler.batch_size = order, batch_size
-        for idx, images in self.loader:
-            yield idx.to(self.device, non_blocking=True), images.to(self.device, non_blocking=True)
 
 
 @dataclass
@@ -217,6 +175,7 @@ class Prepared:
     in_channels: int
     image_size: int
     noise_record: dict[str, Any] | None = None  # NoisyLabels.record of the whole training set
+    pretrained: PretrainedWeights | None = None  # starting weights (the `pretrained` field)
 
 
 def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = True) -> Prepared:
@@ -244,7 +203,7 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         if isinstance(data, StreamData):
             dataset = getattr(data, part)
             return StreamBatches(dataset, np.arange(len(dataset)) if indices is None else indices, device,
-                                 persistent=training)
+                                 persistent=training, crop=config.train_crop, seed=config.seed + 2)
         images = getattr(data, f"{part}_images")
         return TensorBatches(images if indices is None else images[torch.as_tensor(indices)], device)
 
@@ -257,6 +216,11 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
     if split:
         val_labels = noisy.labels if config.val_labels == "noisy" else data.train_labels
         evals["val"] = (source("train", val_idx), on_device(val_labels, val_idx), len(val_idx))
+    for name, (files, labels) in getattr(data, "evals", {}).items():  # a streamed dataset's own extra sets
+        # its own "val" (Clothing1M's clean validation keys) unless a split gives one; others are test sets
+        if (name == "val" and not split) or (name != "val" and evaluate_test):
+            evals[name] = (StreamBatches(files, np.arange(len(files)), device, persistent=False),
+                           labels.to(device), len(labels))
     shape = (1, -1, 1, 1)
     return Prepared(
         train=source("train", train_idx if split else None, training=True), n_train=len(train_idx),
@@ -265,7 +229,8 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         num_classes=data.num_classes,
         mean=torch.tensor(data.mean, device=device).view(shape), std=torch.tensor(data.std, device=device).view(shape),
         in_channels=info.in_channels, image_size=info.image_size,
-        noise_record=noisy.record(data.train_labels, config.dataset, config.noise, config.noise_rate))
+        noise_record=noisy.record(data.train_labels, config.dataset, config.noise, config.noise_rate),
+        pretrained=load_weights(config))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +241,7 @@ def make_optimizer(config: TrialConfig, model: nn.Module) -> torch.optim.Optimiz
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
 
 
 def make_scheduler(config: TrialConfig, optimizer: torch.optim.Optimizer):
@@ -335,6 +300,8 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
                          started_at=started_at, noise=prepared.noise_record)
     precision = precision or Precision.for_device(device, config)
     try:
+        if prepared.pretrained is not None:
+            result.summary["pretrained_sha256"] = prepared.pretrained.sha256
         result.samples = _train(config, prepared, device, precision, epochs, on_epoch)
     except _CallbackError as err:
         raise err.__cause__ from None
@@ -351,7 +318,7 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
         if device.type == "cuda":  # a reused Ray actor runs the next trial in this process
             result.broken_cuda = not _release_cuda_memory()
     result.wall_seconds = time.perf_counter() - start
-    result.summary = summarize(epochs)
+    result.summary = {**summarize(epochs), **result.summary}
     return result
 
 
@@ -396,7 +363,10 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     loss_fn = make_loss(config.loss, p.num_classes, **config.params).to(device)
     drainage = loss_cls.extra_outputs == 1
     model = make_model(config.model, p.num_classes, p.in_channels, p.image_size,
-                       extra_outputs=loss_cls.extra_outputs, drainage_logit=config.drainage_logit).to(device)
+                       extra_outputs=loss_cls.extra_outputs, drainage_logit=config.drainage_logit)
+    if p.pretrained is not None:
+        p.pretrained.apply(model)
+    model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
@@ -409,15 +379,17 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     forward = Forward(model, p, make_augment(config.augment), aug_gen, precision)
     eval_batch = eval_batch_size(config.batch_size)
 
-    n_noisy = int(p.train_is_noisy.sum())  # the same every epoch
-    n_clean = p.n_train - n_noisy
+    next_order = epoch_orders(p.train_labels, p.num_classes, config.balanced_subsample, order_gen)
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         sums = torch.zeros(6, device=device, dtype=torch.float64)
-        order = torch.randperm(p.n_train, generator=order_gen)
-        for idx, images in p.train(order, config.batch_size):
+        order = next_order()  # all samples, or a balanced subsample
+        n_seen = len(order)
+        n_noisy = int(p.train_is_noisy.sum()) if n_seen == p.n_train else int(p.train_is_noisy[order.to(device)].sum())
+        n_clean = n_seen - n_noisy
+        for idx, images in p.train(order, config.batch_size, train=True):
             logits = forward(images, train=True)
             y = p.train_labels[idx]
             loss = objective = loss_fn(logits, y)
@@ -432,7 +404,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
                 sums += _batch_stats(logits, y, p.train_clean[idx], p.train_is_noisy[idx], p.num_classes, loss)
         total = sums.tolist()  # waits for the device: the epoch's training steps are done
         train_seconds = time.perf_counter() - t0
-        train_loss = total[0] / max(1, math.ceil(p.n_train / config.batch_size))
+        train_loss = total[0] / max(1, math.ceil(n_seen / config.batch_size))
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss is {train_loss} at epoch {epoch} (lr={config.lr:g}); "
                            "lower the learning rate or check the loss parameters")
@@ -441,8 +413,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,  # the loss alone, without the L1 term
-            "train_acc_noisy": total[1] / p.n_train,
-            "train_acc_clean": total[2] / p.n_train,
+            "train_acc_noisy": total[1] / n_seen,
+            "train_acc_clean": total[2] / n_seen,
             "memorized": total[5] / n_noisy if n_noisy else math.nan,
             "drainage_share_clean": (total[3] / n_clean if n_clean else math.nan) if drainage else math.nan,
             "drainage_share_noisy": (total[4] / n_noisy if n_noisy else math.nan) if drainage else math.nan,
