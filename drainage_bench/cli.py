@@ -412,6 +412,7 @@ def tune(
     from drainage_bench.trainer.noise import check_label_files
 
     check_label_files([s.base for s in plan.searches])  # file noise: one label per training sample
+    _require_weights([s.base for s in plan.searches])
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:
         tally = run_search(search, url, resources=res, address=address,

@@ -218,10 +218,12 @@ def test_a_streamed_image_folder_dataset_trains_end_to_end(tmp_path: Path) -> No
     (notes / "noisy_label_kv.txt").write_text("".join(f"{k} {i % 2}\n" for i, k in enumerate(keys)))
     (notes / "clean_label_kv.txt").write_text(f"{keys[0]} 0\n{keys[1]} 1\n")
     (notes / "noisy_train_key_list.txt").write_text("\n".join(keys) + "\n")
+    (notes / "clean_val_key_list.txt").write_text(f"{keys[1]}\n")
     (notes / "clean_test_key_list.txt").write_text(f"{keys[0]}\n{keys[1]}\n")
     for i, key in enumerate(keys):
         write_two_colour_image(tmp_path / "clothing1m" / key, RED if i % 2 else BLUE, BLUE)
-    config = build_config("clothing1m", "drainage", {"epochs": 1, "batch_size": 2, "data_root": str(tmp_path)})
+    config = build_config("clothing1m", "drainage", {"epochs": 1, "batch_size": 2, "data_root": str(tmp_path),
+                                                      "pretrained": None})
     result = run_trial(config)
     assert result.status == "ok", result.error
     assert result.epochs[0]["test_acc"] in (0.0, 0.5, 1.0)
@@ -242,10 +244,12 @@ def test_a_corrupt_image_fails_the_trial_with_its_path(tmp_path: Path) -> None:
     (notes / "noisy_label_kv.txt").write_text(f"{keys[0]} 0\n{keys[1]} 1\n")
     (notes / "clean_label_kv.txt").write_text(f"{keys[0]} 0\n")
     (notes / "noisy_train_key_list.txt").write_text("\n".join(keys) + "\n")
+    (notes / "clean_val_key_list.txt").write_text(f"{keys[0]}\n")
     (notes / "clean_test_key_list.txt").write_text(f"{keys[0]}\n")
     write_two_colour_image(tmp_path / "clothing1m" / keys[0], BLUE, BLUE)
     (tmp_path / "clothing1m" / keys[1]).write_bytes(b"not a jpeg")
-    result = run_trial(build_config("clothing1m", "ce", {"epochs": 1, "batch_size": 2, "data_root": str(tmp_path)}))
+    result = run_trial(build_config("clothing1m", "ce", {"epochs": 1, "batch_size": 2, "data_root": str(tmp_path),
+                                                         "pretrained": None}))
     assert result.status == "failed" and "1.jpg cannot be decoded" in result.error
 
 
