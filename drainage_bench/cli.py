@@ -106,10 +106,14 @@ def train(
     download: DownloadOpt = False,
     results: ResultsRoot = Path("results"),
     name: Annotated[str, typer.Option(help="Results subfolder for single trials.")] = "train",
+    cpus_per_trial: Annotated[float, typer.Option(help="CPUs of the trial: torch uses this many threads, as a sweep's trial does (same default: 1).")] = 1.0,
 ) -> None:
     """Train one trial and write its records to RESULTS/NAME/."""
     from drainage_bench.config import build_config, parse_set
     from drainage_bench.trainer.noise import check_label_files, noise_fields
+
+    if cpus_per_trial <= 0:
+        raise UserError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
 
     overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
@@ -132,14 +136,45 @@ def train(
 
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.trainer.loop import run_trial
+    from drainage_bench.trainer.provenance import use_cpu_share
 
+    use_cpu_share(cpus_per_trial)  # the thread policy of sweep and tune
     result = run_trial(config, on_epoch=show)
-    ResultsStore(results, name).write_trial(result.record(), result.epochs, result.samples, result.noise)
+    record = {**result.record(), "cpus_per_trial": cpus_per_trial}
+    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise)
     s = result.summary
     line = (f"{result.status}: test {_pct(s.get('final_test_acc'))}% | noise {_pct(result.realized_noise_rate)}% "
             f"| {result.wall_seconds:.1f}s on {result.device} | {results / name / 'trials' / (config.trial_id + '.parquet')}")
     console.print(line if result.status == "ok" else f"[red]{line}[/]\n{result.error}", highlight=False)
     if result.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command()
+def reproduce(
+    sweep: Annotated[str, typer.Argument(help="The sweep's results folder under RESULTS (`train` for single trials).")],
+    trial_id: Annotated[str, typer.Argument(help="The trial to run again (its record's trial_id).")],
+    results: ResultsRoot = Path("results"),
+    data_root: DataRoot = None,
+) -> None:
+    """Train a recorded trial again under its recorded conditions; compare every metric (exit 1 if any differs).
+
+    Writes nothing: the stored record stays as it is."""
+    from drainage_bench.reproduce import reproduce as rerun
+
+    cmp = rerun(results, sweep, trial_id, data_root)
+    console.print(f"{cmp.trial_id}: ran again on {cmp.device} with {cmp.threads} torch thread(s)", highlight=False)
+    table = Table("metric", "recorded", "new", "identical", box=None)
+    for metric, old, new, same in cmp.rows:
+        mark = "not recorded" if same is None else ("yes" if same else "[red]NO[/]")
+        table.add_row(metric, "—" if old is None else repr(old), "—" if new is None else repr(new), mark)
+    console.print(table)
+    epochs = ("identical" if not cmp.epochs_differing else
+              "[red]differ[/] at epoch(s) " + ", ".join(str(e) for e in cmp.epochs_differing if e > 0)
+              + (" (a different number of epochs)" if -1 in cmp.epochs_differing else ""))
+    console.print(f"per-epoch metrics: {epochs}", highlight=False)
+    console.print("identical" if cmp.identical else "[red]the new run differs from the record[/]", highlight=False)
+    if not cmp.identical:
         raise typer.Exit(1)
 
 
@@ -408,6 +443,13 @@ def tune(
     url = _storage_url(storage, results)
     res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent,
                                              address, [s.base for s in plan.searches])
+    if in_process:  # trials in this process follow the thread policy of Ray's trials
+        from drainage_bench.trainer.provenance import use_cpu_share
+
+        cpus = cpus_per_trial if cpus_per_trial is not None else plan.resources.get("cpus_per_trial", 1)
+        if cpus <= 0:
+            raise UserError(f"--cpus-per-trial={cpus:g} must be > 0")
+        use_cpu_share(cpus)
     _require_dataset(plan.searches[0].base.dataset, data_root, address)
     from drainage_bench.trainer.noise import check_label_files
 

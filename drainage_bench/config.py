@@ -81,6 +81,7 @@ class TrialConfig:
     label: str | None = None
     params_source: str | None = None
     noise_file: str | None = None  # file noise: the label file (its content hash is the noise_key)
+    deterministic: bool = False  # torch's deterministic algorithms (for CUDA; the CPU path already is)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -140,7 +141,7 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-NOT_HASHED = frozenset({"device", "data_root", "label", "params_source", "noise_file"})
+NOT_HASHED = frozenset({"device", "data_root", "label", "params_source", "noise_file", "deterministic"})
 # The hashed fields of version 0.1. Every field added since is hashed only when it differs from
 # its default, so that an upgrade never changes the trial_id of a finished trial (stores outlive
 # versions). A new field therefore needs a default that means "as before".
@@ -186,6 +187,7 @@ def _validate(c: TrialConfig) -> None:
     _check(c.schedule in SCHEDULES, "schedule", c.schedule, did_you_mean(c.schedule, SCHEDULES))
     _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
     _check(isinstance(c.amp, bool), "amp", c.amp, "true or false (bf16 autocast on CUDA)")
+    _check(isinstance(c.deterministic, bool), "deterministic", c.deterministic, "true or false (deterministic CUDA kernels)")
     _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
     _validate_streamed(c)
     _check(_finite(c.lr) and c.lr > 0, "lr", c.lr, "a number > 0")

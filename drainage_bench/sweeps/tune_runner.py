@@ -58,19 +58,17 @@ class Resources:
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
 
-    @property
-    def threads(self) -> int:
-        """torch threads of a trial: its whole CPUs, at least one."""
-        return max(1, int(self.cpus_per_trial))
-
     def enter_worker(self) -> None:
-        """In the Ray worker, before a trial: torch uses the trial's CPUs, and with a fraction of a
-        GPU the process may allocate that fraction of its memory (95% of it, leaving room for the
-        CUDA contexts): whether a trial runs out of memory is then a property of the trial, not of
-        the trials it happened to share the GPU with."""
+        """In the Ray worker, before a trial: torch uses the trial's CPUs (the thread policy of
+        every entry point, provenance.use_cpu_share), and with a fraction of a GPU the process may
+        allocate that fraction of its memory (95% of it, leaving room for the CUDA contexts):
+        whether a trial runs out of memory is then a property of the trial, not of the trials it
+        happened to share the GPU with."""
         import torch
 
-        torch.set_num_threads(self.threads)
+        from drainage_bench.trainer.provenance import use_cpu_share
+
+        use_cpu_share(self.cpus_per_trial)
         if 0 < self.gpus_per_trial < 1 and torch.cuda.is_available():
             torch.cuda.set_per_process_memory_fraction(self.gpus_per_trial * GPU_MEMORY_HEADROOM)
 

@@ -36,6 +36,7 @@ from drainage_bench.trainer.losses import LOSSES, display_name, make_loss
 from drainage_bench.trainer.models import make_model
 from drainage_bench.trainer.noise import NoisyLabels, make_noisy_labels
 from drainage_bench.trainer.pretrained import PretrainedWeights, load_weights
+from drainage_bench.trainer.provenance import provenance, use_deterministic
 from drainage_bench.trainer.sampling import epoch_orders
 from drainage_bench.trainer.stream import StreamBatches
 
@@ -63,6 +64,7 @@ class TrialResult:
     samples: dict[str, np.ndarray] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     noise: dict[str, Any] | None = None  # the labels trained on (NoisyLabels.record), stored once per hash
+    conditions: dict[str, Any] = field(default_factory=dict)  # provenance.provenance(): threads, builds, GPU
 
     def record(self) -> dict[str, Any]:
         """One flat row for the results store: the config, the metrics, provenance."""
@@ -84,6 +86,7 @@ class TrialResult:
             "version": drainage_bench.__version__,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
+            **self.conditions,
         }
 
 
@@ -292,12 +295,13 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
     """
     started_at, start = time.time(), time.perf_counter()
     seed_everything(config.seed)
+    use_deterministic(config.deterministic)  # before anything touches the GPU
     device = pick_device(config.device)
     prepared = prepare(config, device, evaluate_test)  # UserError (bad data) propagates
     epochs: list[dict[str, Any]] = []
     result = TrialResult(config=config, status="ok", epochs=epochs, device=str(device),
                          realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0,
-                         started_at=started_at, noise=prepared.noise_record)
+                         started_at=started_at, noise=prepared.noise_record, conditions=provenance(device))
     precision = precision or Precision.for_device(device, config)
     try:
         if prepared.pretrained is not None:
@@ -370,7 +374,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # few distinct input shapes: pick the fastest kernels once each
+        # few distinct input shapes: pick the fastest kernels once each (not with deterministic kernels)
+        torch.backends.cudnn.benchmark = not config.deterministic
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer)
     params = [q for q in model.parameters() if q.requires_grad]

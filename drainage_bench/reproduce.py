@@ -1,0 +1,133 @@
+"""`drainage-bench reproduce SWEEP TRIAL_ID`: train a recorded trial again, compare every metric.
+
+The TrialConfig is rebuilt from the record's fields (`config_from_record`; it must hash to the
+recorded trial_id), and runs under the recorded conditions: the torch thread count
+(``torch_threads``, else the trial's ``cpus_per_trial``), the device (``device_used``) and the
+deterministic switch (a config field). Nothing is written: the stored record stays as it is.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from drainage_bench.config import FIELDS, TrialConfig
+from drainage_bench.errors import UserError, did_you_mean
+
+# Per-epoch columns that are timings, not results.
+TIMINGS = ("train_seconds", "epoch_seconds")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python values, NaN as None (pandas reads a missing value as NaN)."""
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def config_from_record(record: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a trial record (fields a record predates keep their defaults)."""
+    values = {}
+    for name in FIELDS:
+        if name not in record:
+            continue
+        value = _plain(record[name])
+        if value is None and FIELDS[name].default is not None:
+            continue  # a column other records have and this one lacks: the field's default
+        if name == "loss_params" and isinstance(value, str):
+            value = json.loads(value)
+        values[name] = value
+    config = TrialConfig.from_dict(values)
+    if config.trial_id != record["trial_id"]:
+        raise UserError(f"the record of {record['trial_id']} rebuilds to trial {config.trial_id}: it was written "
+                        "by a version whose trial identity differs; it cannot be reproduced with this one")
+    return config
+
+
+def recorded_threads(record: dict[str, Any]) -> int:
+    """The torch threads the trial used; older records: from its CPU share, else 1."""
+    from drainage_bench.trainer.provenance import threads_for
+
+    threads = _plain(record.get("torch_threads"))
+    if threads is not None:
+        return int(threads)
+    cpus = _plain(record.get("cpus_per_trial"))
+    return threads_for(cpus if cpus is not None else 1)
+
+
+def recorded_device(record: dict[str, Any]) -> str:
+    used = _plain(record.get("device_used")) or "cpu"
+    return "cuda" if str(used).startswith("cuda") else "cpu"
+
+
+@dataclass
+class Comparison:
+    trial_id: str
+    threads: int
+    device: str
+    rows: list[tuple[str, Any, Any, bool | None]]  # metric, recorded, new, identical (None: not recorded)
+    epochs_differing: list[int]                    # epochs whose per-epoch metrics differ
+
+    @property
+    def identical(self) -> bool:
+        return all(same is not False for *_, same in self.rows) and not self.epochs_differing
+
+
+def same(a: Any, b: Any) -> bool:
+    """Exactly equal; two NaNs are equal."""
+    a, b = _plain(a), _plain(b)
+    return a == b or (a is None and b is None)
+
+
+def load_record(results: Path, sweep: str, trial_id: str):
+    """(the record as a dict, its per-epoch rows) from RESULTS/SWEEP; UserError when missing."""
+    from drainage_bench.analysis.store import ResultsStore, list_sweeps
+
+    store = ResultsStore(results, sweep)
+    if not (store.path / "trials").is_dir():
+        raise UserError(f"no sweep {sweep!r} under {results}; " + did_you_mean(sweep, list_sweeps(results) or ["(none)"]))
+    if not store.trial_path(trial_id).exists():
+        raise UserError(f"no trial {trial_id!r} in {store.path}; " + did_you_mean(trial_id, sorted(store.trial_ids())))
+    record = store.trials([trial_id]).iloc[0].to_dict()
+    if record.get("status") != "ok":
+        raise UserError(f"trial {trial_id} is recorded as {record.get('status')}: only a finished trial can be "
+                        "compared with a new run")
+    epochs = store.epochs([trial_id])
+    return record, epochs.to_dict("records")
+
+
+def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = None) -> Comparison:
+    """Run the recorded trial again under its recorded conditions and compare (writes nothing)."""
+    import torch
+
+    from drainage_bench.trainer.loop import run_trial
+
+    record, stored_epochs = load_record(Path(results), sweep, trial_id)
+    config = config_from_record(record)
+    device, threads = recorded_device(record), recorded_threads(record)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trial {trial_id} ran on {record.get('device_used')} but this machine has no CUDA GPU")
+    config = config.replace(device=device, **({"data_root": data_root} if data_root else {}))
+    torch.set_num_threads(threads)
+    result = run_trial(config)
+    if result.status != "ok":
+        raise UserError(f"the new run of {trial_id} failed: {result.error}")
+    new = {**result.summary, "realized_noise_rate": result.realized_noise_rate, "epochs_run": len(result.epochs)}
+    rows = []
+    for metric, value in new.items():
+        if metric in record:
+            rows.append((metric, _plain(record[metric]), _plain(value), same(record[metric], value)))
+        else:
+            rows.append((metric, None, _plain(value), None))  # the record predates this metric
+    differing = []
+    for old, fresh in zip(stored_epochs, result.epochs):
+        keys = [k for k in fresh if k not in TIMINGS and k in old]
+        if not all(same(old[k], fresh[k]) for k in keys):
+            differing.append(int(fresh["epoch"]))
+    if len(stored_epochs) != len(result.epochs):
+        differing.append(-1)
+    return Comparison(trial_id, threads, device, rows, differing)
