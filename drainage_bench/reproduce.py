@@ -112,8 +112,12 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trial {trial_id} ran on {record.get('device_used')} but this machine has no CUDA GPU")
     config = config.replace(device=device, **({"data_root": data_root} if data_root else {}))
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    result = run_trial(config)
+    try:
+        result = run_trial(config)
+    finally:
+        torch.set_num_threads(before)
     if result.status != "ok":
         raise UserError(f"the new run of {trial_id} failed: {result.error}")
     new = {**result.summary, "realized_noise_rate": result.realized_noise_rate, "epochs_run": len(result.epochs)}
