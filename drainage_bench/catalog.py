@@ -20,6 +20,7 @@ class Metric:
     percent: bool = True  # a fraction, shown x100 with a % sign
     applies: str = "every trial"
     note: str = ""        # a footnote every table of this metric carries
+    short: str = ""       # a column header where a table shows several metrics side by side
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -42,6 +43,31 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained",
            applies="drainage trials"),
 )}
+# Open-set trials (trainer/openset.py, formulas in metrics/openset.py): one metric per (formula,
+# score); every score is oriented higher = more unknown.
+OPENSET_SCORES = {"msp": "MSP", "maxlogit": "max logit", "pd": "p_d"}
+OPENSET_SCORE_APPLIES = {"msp": "open-set trials", "maxlogit": "open-set trials", "pd": "open-set drainage trials"}
+_OPENSET_FORMULAS = (  # name, title, higher_is_better, short
+    ("auroc", "open-set AUROC (unknown positive)", True, "AUROC"),
+    ("aupr_in", "open-set AUPR-in (known positive)", True, "AUPR-in"),
+    ("aupr_out", "open-set AUPR-out (unknown positive)", True, "AUPR-out"),
+    ("unknown_accepted_at_95known", "unknowns accepted at 95% of knowns accepted (FPR@95%TPR, known positive)",
+     False, "unknown acc. @95% known"),
+    ("oscr", "open-set classification rate (OSCR)", True, "OSCR"),
+)
+METRICS.update({m.name: m for m in (
+    *(Metric(f"openset_{name}_{score}", f"openset_{name}_{score}", f"{title}, {label}", better,
+             applies=OPENSET_SCORE_APPLIES[score], short=f"{short} {label}")
+      for name, title, better, short in _OPENSET_FORMULAS for score, label in OPENSET_SCORES.items()),
+    Metric("openset_closed_acc", "openset_closed_acc", "closed-set accuracy on the known classes",
+           applies="open-set trials", short="closed-set acc."),
+    Metric("openset_drain_rejects_unknown", "openset_drain_rejects_unknown",
+           "unknowns rejected by the drainage node (z_d beats every class)", applies="open-set drainage trials",
+           short="unknowns drained"),
+    Metric("openset_drain_rejects_known", "openset_drain_rejects_known",
+           "knowns rejected by the drainage node (false rejections)", higher_is_better=False,
+           applies="open-set drainage trials", short="knowns drained"),
+)})
 # The names sweep specs use for the same metrics.
 METRIC_ALIASES = {"final_drainage_share_clean": "drainage_clean", "final_drainage_share_noisy": "drainage_noisy"}
 

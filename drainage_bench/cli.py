@@ -141,7 +141,7 @@ def train(
     use_cpu_share(cpus_per_trial)  # the thread policy of sweep and tune
     result = run_trial(config, on_epoch=show)
     record = {**result.record(), "cpus_per_trial": cpus_per_trial}
-    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise)
+    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise, openset=result.openset)
     s = result.summary
     line = (f"{result.status}: test {_pct(s.get('final_test_acc'))}% | noise {_pct(result.realized_noise_rate)}% "
             f"| {result.wall_seconds:.1f}s on {result.device} | {results / name / 'trials' / (config.trial_id + '.parquet')}")
@@ -242,7 +242,7 @@ def sweeps_() -> None:
     table = Table("name", "dataset", "trials", "description", box=None)
     for name in sorted(builtin_specs()):
         spec = load_spec(name)
-        n = len(spec.losses) * len(spec.noise) * len(spec.seeds)
+        n = len(spec.losses) * len(spec.noise) * len(spec.openset) * len(spec.seeds)
         table.add_row(name, spec.dataset, str(n), spec.description)
     console.print(table)
 
@@ -295,6 +295,8 @@ def sweep(
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
             check_label_files(todo.todo)  # one label per training sample, before Ray starts
             _require_weights(todo.todo)
+        for other in sorted({c.openset[3:] for c in todo.todo if c.openset.startswith("vs:")}):
+            _require_dataset(other, data_root, address)  # cross-dataset open-set unknowns
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
@@ -348,7 +350,7 @@ def table(
     results: ResultsRoot = Path("results"),
     where: WhereOpt = None,
     loss: LossFilter = None,
-    metric: MetricOpt = None,
+    metric: Annotated[Optional[list[str]], typer.Option(help="A metric of the catalogue (default: the spec's, else final_test_acc); several (repeated, or a,b,c) are shown side by side, e.g. openset_auroc_msp,openset_auroc_pd,openset_closed_acc.")] = None,
     format_: Annotated[Optional[str], typer.Option("--format", help="terminal | markdown | latex | csv | json (default: from --output's suffix, else terminal).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write the table to this file.")] = None,
     standalone: Annotated[bool, typer.Option("--standalone", help="LaTeX only: a whole document that pdflatex compiles as is.")] = False,
@@ -356,13 +358,17 @@ def table(
     ranks: Annotated[bool, typer.Option("--ranks", help="Add the rank summary: mean rank per loss over the columns, Friedman test, Nemenyi critical difference.")] = False,
 ) -> None:
     """The paper table: one row per loss, one column per noise setting, mean ± std over seeds (%)."""
-    from drainage_bench.analysis.tables import add_comparison, add_ranks, aggregate, format_for, format_table, load_selection
+    from drainage_bench.analysis.tables import (add_comparison, add_ranks, aggregate_metrics, format_for, format_table,
+                                                load_selection)
 
     fmt = format_for(output, format_)
     if standalone and fmt != "latex":
         raise UserError(f"--standalone applies to --format latex only, not {fmt}")
     selection = load_selection(results, sweeps, where, loss)
-    data = aggregate(selection, metric)
+    metrics = [name.strip() for item in metric or [] for name in item.split(",") if name.strip()]
+    if len(metrics) > 1 and (compare_to is not None or ranks):
+        raise UserError("--compare-to and --ranks take one --metric; drop the others")
+    data = aggregate_metrics(selection, metrics)
     if compare_to is not None:
         add_comparison(data, selection, compare_to)
     if ranks:

@@ -75,6 +75,11 @@ class TrialConfig:
     train_crop: str = "center"       # training view of streamed images: center | random_resized
     balanced_subsample: int = 0      # >0: each epoch trains on this many samples per class, drawn anew
     pretrained: str | None = None    # a state-dict file (relative: under the data root) to start from
+    # Open-set trials (trainer/openset.py): "" is a closed-set trial; "standard:N", "random:K:SEED",
+    # "known:0,1,...", "vs:DATASET" name the known classes; "relabel" keeps the unknown classes'
+    # training samples with random known labels.
+    openset: str = ""
+    openset_unknown_train: str = "drop"
     # Not part of the trial's identity (see NOT_HASHED): where and how it runs, how it is shown.
     device: str = "auto"
     data_root: str | None = None
@@ -196,9 +201,18 @@ def _validate(c: TrialConfig) -> None:
     _check(_finite(c.val_fraction) and 0 <= c.val_fraction < 1, "val_fraction", c.val_fraction, "a fraction in [0, 1) (0.2 = the 80/20 split)")
     _check(c.schedule != "step" or c.step_size >= 1, "step_size", c.step_size, "an integer >= 1 with schedule=step")
     if c.drainage_logit is not None:
-        _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit, "a finite number, or none")
+        _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit,
+               "a finite number (a constant drainage logit has no default: name it, e.g. drainage_logit=2.0), "
+               "or none (a learned drainage logit)")
         _check(losses.LOSSES[c.loss].extra_outputs == 1, "drainage_logit", c.drainage_logit,
                "only the drainage loss has a drainage node")
+    _check(isinstance(c.openset, str), "openset", c.openset, "a string such as standard:0 (see trainer/openset.py)")
+    if c.openset or c.openset_unknown_train != "drop":
+        from drainage_bench.trainer.openset import validate_openset
+
+        validate_openset(c.openset, c.dataset, c.openset_unknown_train)
+        _check(c.noise in ("none", "sym", "instance"), "noise", c.noise,
+               "open-set trials take none, sym or instance noise (asym class maps and human labels name all classes)")
 
 
 def _validate_streamed(c: TrialConfig) -> None:

@@ -26,3 +26,12 @@ def require_file(path: Path) -> Path:
             pytest.fail(f"missing real data file {path}")
         pytest.skip(f"missing {path}")
     return path
+
+
+def assert_user_error(out, needle: str, results: Path) -> None:
+    """A CLI run stopped by bad input: exit 2, one line naming `needle`, no traceback, nothing
+    written under `results`."""
+    assert out.returncode == 2, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not results.exists()

@@ -151,5 +151,5 @@ def test_augment_keeps_shape_and_dtype():
 
 
 def test_unknown_augmentation_is_a_user_error():
-    with pytest.raises(UserError, match="unknown augmentation 'mixup'; valid: crop_flip, crop_flip_rotate, cutout, flip_jitter, none"):
+    with pytest.raises(UserError, match="unknown augmentation 'mixup'; valid: crop, crop_flip, crop_flip_rotate, cutout, flip_jitter, none"):
         make_augment("mixup")

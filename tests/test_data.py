@@ -126,6 +126,7 @@ def test_registry_describes_every_dataset():
         "cifar100n": (100, 3, 32, "cifar100"),
         "webvision": (50, 3, 224, "webvision"),
         "clothing1m": (14, 3, 224, "clothing1m"),
+        "svhn": (10, 3, 32, "svhn"),
     }
     got = {k: (v.num_classes, v.in_channels, v.image_size, v.recipe) for k, v in DATASETS.items()}
     assert got == expected

@@ -17,7 +17,7 @@ from drainage_bench.errors import UserError
 from drainage_bench.trainer.augment import make_augment
 from drainage_bench.trainer.data import load_dataset
 from drainage_bench.trainer.loop import Forward, Precision, prepare, run_trial, summarize
-from conftest import require_file
+from conftest import assert_user_error, require_file
 from test_data import MNIST_TRAIN_COUNTS
 
 CLI = [sys.executable, "-m", "drainage_bench.cli"]
@@ -141,10 +141,7 @@ def test_train_cli_writes_records_atomically(tmp_path: Path) -> None:
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args: list[str], needle: str) -> None:
     out = subprocess.run([*CLI, "train", "--epochs", "1", "--results", "res", *args], cwd=tmp_path,
                          capture_output=True, text=True)
-    assert out.returncode == 2, out.stderr
-    assert needle in out.stderr and "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert not (tmp_path / "res").exists()
+    assert_user_error(out, needle, tmp_path / "res")
 
 
 @pytest.mark.slow

@@ -267,6 +267,9 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
         f"critical_difference_{metric_.name}": (critical_difference_figure(selection, metric_),
                                                  "fewer than 3 losses or 2 columns with a value for every loss"),
     }
+    from drainage_bench.analysis.openset_plots import openset_figures  # it imports this module
+
+    figures.update(openset_figures(selection))
     paths, notes = [], []
     for stem, (fig, why) in figures.items():
         if fig is None:

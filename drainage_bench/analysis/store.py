@@ -7,6 +7,8 @@
     <root>/<sweep>/noise/<hash>.npz            the labels trials trained on, once per content hash
                                                (noise_files.write_noise_record); records name it
                                                in their `noise_hash` column
+    <root>/<sweep>/openset/<trial_id>.parquet  per open-set test sample (open-set runs only): is_unknown,
+                                               labels, prediction, scores (higher = more unknown)
     <root>/<sweep>/ray/                        Ray Tune's own experiment folders
 
 Every file is written to a temporary name in the same folder and renamed into place, so a killed
@@ -42,14 +44,20 @@ class ResultsStore:
     # -- writing -----------------------------------------------------------------------------
 
     def write_trial(self, record: dict[str, Any], epochs: list[dict[str, Any]],
-                    samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None) -> Path:
-        """Write a finished (or failed) trial: its noise (once per hash), epochs and samples first,
-        the record last."""
+                    samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None,
+                    openset: dict[str, Any] | None = None) -> Path:
+        """Write a finished (or failed) trial: its noise (once per hash), epochs, samples and open-set
+        scores first, the record last."""
         trial_id = record["trial_id"]
         if noise:
             noise_files.write_noise_record(self.path / "noise", noise)
         epochs_path = self.path / "epochs" / f"{trial_id}.parquet"
         samples_path = self.path / "samples" / f"{trial_id}.parquet"
+        openset_path = self.path / "openset" / f"{trial_id}.parquet"
+        if openset:
+            atomic_write_parquet(pa.table(openset), openset_path)
+        else:
+            openset_path.unlink(missing_ok=True)
         if epochs:
             rows = [{"trial_id": trial_id, **row} for row in epochs]
             atomic_write_parquet(pa.Table.from_pylist(rows), epochs_path)
@@ -97,6 +105,10 @@ class ResultsStore:
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return read_folder(self.path / "samples", trial_ids)
+
+    def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""
+        return read_folder(self.path / "openset", trial_ids)
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""

@@ -76,6 +76,22 @@ class Column:
         return (dataset_order.index(self.dataset), kind, self.noise, self.rate, self.key or "")
 
 
+@dataclass(frozen=True)
+class MetricColumn(Column):
+    """One (metric, noise setting) column of a table that shows several metrics side by side."""
+
+    metric: str = ""
+    header: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.metric}|{super().id}"
+
+    @property
+    def group(self) -> str:
+        return self.header
+
+
 def _column_of(row) -> Column:
     key = row["noise_key"]
     key = None if key is None or (isinstance(key, float) and math.isnan(key)) else str(key)
@@ -235,6 +251,7 @@ def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
     if "loss_display" not in df:
         df["loss_display"] = None
     df["row"] = df["loss_display"].where(df["loss_display"].notna(), df["loss"]).astype(str)
+    df["openset"] = df["openset"].fillna("") if "openset" in df else ""  # open-set splits are replicates
     df["column"] = [_column_of(r).id for _, r in df.iterrows()] if len(df) else []
     return df
 
@@ -294,7 +311,7 @@ def _check_one_trial_per_seed(trials: pd.DataFrame) -> None:
     seeds of one experiment: refuse, and name what differs."""
     from drainage_bench.config import NOT_HASHED, FIELDS
 
-    for (row, column, seed), group in trials.groupby(["row", "column", "seed"], sort=False):
+    for (row, column, seed, _), group in trials.groupby(["row", "column", "seed", "openset"], sort=False):
         if len(group) < 2:
             continue
         fields = [f for f in FIELDS if f in group and f not in NOT_HASHED]
@@ -336,6 +353,7 @@ class TableData:
     notes: list[str]
     compare_to: str | None = None          # add_comparison: the reference row of the Δ columns
     ranks: RankSummary | None = None       # add_ranks: mean ranks, Friedman, Nemenyi CD
+    replicates: str = "seeds"              # what a cell averages over: seeds, or open-set splits x seeds
 
     def cell(self, row: str, column: str) -> pd.Series:
         return self.cells.loc[(row, column)]
@@ -357,8 +375,9 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
     if exp is not None and not exp.empty:
         # An expected trial is there when its cell has a record with its seed; matching on
         # (row, column, seed) rather than trial_id keeps a sweep run with --set overrides whole.
-        recorded = set(zip(trials["row"], trials["column"], trials["seed"].astype(int)))
-        missing = exp[[key not in recorded for key in zip(exp["row"], exp["column"], exp["seed"].astype(int))]]
+        recorded = set(zip(trials["row"], trials["column"], trials["seed"].astype(int), trials["openset"]))
+        missing = exp[[key not in recorded
+                       for key in zip(exp["row"], exp["column"], exp["seed"].astype(int), exp["openset"])]]
         cells["n_missing"] = missing.groupby(keys).size().reindex(grid, fill_value=0)
         cells["n_expected"] = exp.groupby(keys).size().reindex(grid, fill_value=0)
     else:
@@ -382,7 +401,42 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
         realized={c: float(realized.get(c, np.nan)) for c in selection.columns}, sweeps=list(selection.sweeps),
         n_ref=n_ref, failures=_failures(trials), missing_total=int(cells["n_missing"].sum()),
         expected_known=exp is not None and set(selection.sweeps) <= set(exp["sweep"]),
-        failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=list(selection.notes))
+        failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=list(selection.notes),
+        replicates="runs (open-set splits × seeds)" if trials["openset"].nunique() > 1 else "seeds")
+
+
+def aggregate_metrics(selection: Selection, metrics: list[str] | None = None) -> TableData:
+    """One table of several metrics side by side: a column per (metric, noise setting), each
+    aggregated and ranked as `aggregate` does for that metric alone (its own direction); a row
+    that a metric does not apply to shows n/a there. One metric (or none) is `aggregate`."""
+    if not metrics or len(metrics) == 1:
+        return aggregate(selection, metrics[0] if metrics else None)
+    parts = [aggregate(selection, name) for name in dict.fromkeys(metrics)]
+    rows = [r for r in selection.row_order if any(r in d.rows for d in parts)]
+    frames, columns, realized = [], [], {}
+    for d in parts:
+        m = d.metric
+        renamed = {c.id: MetricColumn(c.dataset, c.noise, c.rate, c.key, m.name, m.short or m.title) for c in d.columns}
+        cells = d.cells.rename(index={old: new.id for old, new in renamed.items()}, level="column")
+        grid = pd.MultiIndex.from_product([rows, [c.id for c in renamed.values()]], names=["row", "column"])
+        cells = cells.reindex(grid)
+        absent = cells["n"].isna()  # a row the metric does not apply to
+        cells.loc[absent, ["n", "n_failed", "n_missing", "rank"]] = 0
+        cells.loc[absent, "n_na"] = 1
+        frames.append(cells.astype({k: int for k in ("n", "n_na", "n_failed", "n_missing", "rank")}))
+        columns += list(renamed.values())
+        realized.update({new.id: d.realized.get(old, np.nan) for old, new in renamed.items()})
+    lower = [d.metric.name for d in parts if not d.metric.higher_is_better]
+    notes = list(parts[0].notes) + ([f"Lower is better in the columns of {', '.join(lower)}: their best is the "
+                                     "lowest mean."] if lower else [])
+    notes += [f"{d.metric.short or d.metric.name}: {d.metric.title} ({d.metric.name})." for d in parts]
+    title = ", ".join(d.metric.short or d.metric.name for d in parts)
+    first = parts[0]
+    return TableData(
+        metric=Metric("+".join(d.metric.name for d in parts), "", title), cells=pd.concat(frames), rows=rows,
+        columns=columns, realized=realized, sweeps=first.sweeps, n_ref=first.n_ref, failures=first.failures,
+        missing_total=first.missing_total, expected_known=first.expected_known, failed_total=first.failed_total,
+        dropped_rows=[], notes=notes, replicates=first.replicates)
 
 
 def _ranks(cells: pd.DataFrame, higher_is_better: bool) -> pd.Series:
@@ -434,7 +488,8 @@ def seed_note(cell: pd.Series, n_ref: int) -> str:
 
 
 def caption(data: TableData) -> str:
-    seeds = f"{data.n_ref} seed{'s' if data.n_ref != 1 else ''}"
+    seeds = f"{data.n_ref} seed{'s' if data.n_ref != 1 else ''}" if data.replicates == "seeds" else \
+        f"{data.n_ref} {data.replicates}"
     return (f"{data.metric.title} (%), mean ± std over {seeds}"
             f" — {', '.join(data.sweeps)}")
 
@@ -442,7 +497,7 @@ def caption(data: TableData) -> str:
 def footnotes(data: TableData, best: str, second: str) -> list[str]:
     """The footnotes of every format; `best` / `second` say how those cells are marked."""
     direction = "highest" if data.metric.higher_is_better else "lowest"
-    notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over seeds, in percent; one seed shows the mean "
+    notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over {data.replicates}, in percent; one seed shows the mean "
              f"alone; n=k marks a cell whose number of seeds is not {data.n_ref} or that has missing/failed seeds.",
              f"{best}: {direction} mean of the column; {second}: second {direction} (compared as shown)."]
     cells = data.cells
@@ -631,7 +686,7 @@ def tidy(data: TableData) -> pd.DataFrame:
             cell = data.cell(row, c.id)
             records.append({
                 "loss": row, "dataset": c.dataset, "noise": c.noise, "noise_rate": c.rate, "noise_key": c.key,
-                "column": c.id, "metric": data.metric.name,
+                "column": c.id, "metric": getattr(c, "metric", "") or data.metric.name,
                 "mean_pct": 100 * cell["mean"], "std_pct": 100 * cell["std"], "n": int(cell["n"]),
                 "n_failed": int(cell["n_failed"]), "n_missing": int(cell["n_missing"]), "n_na": int(cell["n_na"]),
                 "rank": int(cell["rank"]), "realized_noise_pct": 100 * data.realized.get(c.id, math.nan),

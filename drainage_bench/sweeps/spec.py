@@ -7,6 +7,7 @@ A spec names one dataset and the grid over losses x noise settings x seeds::
     seeds = [0, 1]
     metric = "final_test_acc"          # the table's default metric
     set = { epochs = 30 }              # recipe overrides for every trial
+    openset = ["standard:0", "standard:1"]   # open-set splits: one more grid axis (optional)
 
     [resources]                        # per trial; the command line wins
     cpus_per_trial = 1
@@ -34,6 +35,7 @@ Named specs ship in ``sweeps/specs/``; a path to a user's own file works the sam
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,7 +45,7 @@ from typing import Any, Callable
 from drainage_bench.config import TrialConfig, build_config
 from drainage_bench.errors import UserError, did_you_mean
 
-TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses"}
+TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses", "openset"}
 LOSS_KEYS = {"name", "params", "set", "label", "space"}
 NOISE_KEYS = {"type", "rates", "keys", "path"}
 RESOURCE_KEYS = {"cpus_per_trial", "gpus_per_trial", "max_concurrent"}
@@ -81,17 +83,18 @@ class SweepSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    openset: tuple[str, ...] = ("",)  # open-set splits (trainer/openset.py); "" = closed set
 
     def expand(self, extra: dict[str, Any] | None = None, tuned: TunedLookup | None = None) -> list[TrialConfig]:
-        """Every TrialConfig of the sweep, in table order: loss, then noise, then seed."""
+        """Every TrialConfig of the sweep, in table order: loss, then noise, then split, then seed."""
         configs = []
         for entry in self.losses:
             for noise in self.noise:
-                for seed in self.seeds:
+                for split, seed in itertools.product(self.openset, self.seeds):
                     values = {**self.overrides, **entry.set, **(extra or {}),
                               "noise": noise.type, "noise_rate": noise.rate, "noise_key": noise.key,
                               **({"noise_file": noise.path} if noise.path else {}),
-                              "seed": seed, "label": entry.label}
+                              "seed": seed, "label": entry.label, **({"openset": split} if split else {})}
                     if isinstance(entry.params, dict):
                         values.update({f"loss.{k}": v for k, v in entry.params.items()})
                     config = build_config(self.dataset, entry.name, values)
@@ -177,7 +180,16 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
         name=name, dataset=raw["dataset"], losses=tuple(_loss_entries(raw["losses"], source)),
         noise=tuple(_noise_settings(raw["noise"], source)), seeds=tuple(seeds), metric=metric,
         description=str(raw.get("description", "")), overrides=_table(raw.get("set", {}), source, "set"),
-        resources=resources_, source=source)
+        resources=resources_, source=source, openset=_splits(raw.get("openset", [""]), source))
+
+
+def _splits(value: Any, source: str) -> tuple[str, ...]:
+    """``openset``: one split or a list of them (each checked by TrialConfig when expanded)."""
+    items = [value] if isinstance(value, str) else value
+    if not (isinstance(items, list) and items and all(isinstance(v, str) for v in items)):
+        raise _fail(source, f"'openset' must be a split or a non-empty list of splits "
+                            f"(e.g. [\"standard:0\", \"standard:1\"]), got {value!r}")
+    return tuple(items)
 
 
 def _table(value: Any, source: str, where: str) -> dict[str, Any]:

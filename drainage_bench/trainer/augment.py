@@ -184,6 +184,7 @@ def flip_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 AUGMENTS: dict[str, Augment] = {
     "none": no_augment,
+    "crop": random_crop,  # digits (SVHN): a flipped digit is another digit
     "crop_flip": crop_flip,
     "crop_flip_rotate": crop_flip_rotate,
     "flip_jitter": flip_jitter,

@@ -501,11 +501,65 @@ for _name, _recipe, _layout, _human_file, _text in (
         )
     )
 
+
+# --------------------------------------------------------------------------- SVHN (MATLAB files)
+
+SVHN_FILES = ("SVHN/train_32x32.mat", "SVHN/test_32x32.mat")  # torchvision.datasets.SVHN(root / "SVHN")
+
+
+def _read_svhn(path: Path, folder: _DataFolder) -> tuple[np.ndarray, np.ndarray]:
+    """One SVHN cropped-digits file: ``X`` uint8 (32, 32, 3, N) -> (N, 3, 32, 32); ``y`` (N, 1)
+    with digit 0 stored as 10, mapped to 0 as torchvision does. Read with scipy.io.loadmat (a
+    MATLAB v5 file holds arrays only: nothing is unpickled)."""
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except Exception as exc:  # a truncated or foreign file fails in several ways
+        raise folder.error(path, f"is not a readable MATLAB file ({type(exc).__name__}: {exc})") from exc
+    images, labels = mat.get("X"), mat.get("y")
+    if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.shape[:3] == (32, 32, 3)):
+        raise folder.error(path, "has no uint8 array X of shape (32, 32, 3, N)")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    labels[labels == 10] = 0
+    _check_labels(labels, images.shape[3], path, folder)
+    return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels
+
+
+def _load_svhn(root: Path, download: bool) -> TensorData:
+    folder = _ensure_available("svhn", root, download)
+    train_images, train_labels = _read_svhn(folder.path(SVHN_FILES[0]), folder)
+    test_images, test_labels = _read_svhn(folder.path(SVHN_FILES[1]), folder)
+    return _tensor_data("svhn", train_images, train_labels, test_images, test_labels, DIGIT_NAMES)
+
+
+def _download_svhn(root: Path) -> None:
+    """torchvision's SVHN downloader (md5-checked .mat files) into ``root/SVHN``."""
+    import torchvision.datasets
+
+    for split in ("train", "test"):
+        torchvision.datasets.SVHN(str(root / "SVHN"), split=split, download=True)
+
+
+_register(
+    DatasetInfo(
+        name="svhn",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        loader=_load_svhn,
+        required=SVHN_FILES,
+        recipe="svhn",
+        description="SVHN cropped digits 32x32 colour (73257 train / 26032 test; extra not used)",
+    )
+)
+
 _DOWNLOADERS: dict[str, Callable[[Path], None]] = {
     "MNIST": functools.partial(_download_idx, "MNIST"),
     "FashionMNIST": functools.partial(_download_idx, "FashionMNIST"),
     _CIFAR10.folder: functools.partial(_download_cifar, _CIFAR10.torchvision_class),
     _CIFAR100.folder: functools.partial(_download_cifar, _CIFAR100.torchvision_class),
+    "SVHN": _download_svhn,
 }
 
 

@@ -39,6 +39,7 @@ from drainage_bench.trainer.pretrained import PretrainedWeights, load_weights
 from drainage_bench.trainer.provenance import provenance, use_deterministic
 from drainage_bench.trainer.sampling import epoch_orders
 from drainage_bench.trainer.stream import StreamBatches
+from drainage_bench.trainer.openset import OpenSetTest, apply_openset, openset_scores
 
 MAX_EVAL_BATCH = 1024
 OnEpoch = Callable[[dict[str, Any]], None]
@@ -65,6 +66,7 @@ class TrialResult:
     summary: dict[str, Any] = field(default_factory=dict)
     noise: dict[str, Any] | None = None  # the labels trained on (NoisyLabels.record), stored once per hash
     conditions: dict[str, Any] = field(default_factory=dict)  # provenance.provenance(): threads, builds, GPU
+    openset: dict[str, np.ndarray] | None = None  # open-set trials: per test sample scores (openset.py)
 
     def record(self) -> dict[str, Any]:
         """One flat row for the results store: the config, the metrics, provenance."""
@@ -179,6 +181,8 @@ class Prepared:
     image_size: int
     noise_record: dict[str, Any] | None = None  # NoisyLabels.record of the whole training set
     pretrained: PretrainedWeights | None = None  # starting weights (the `pretrained` field)
+    openset: OpenSetTest | None = None         # open-set trials: known + unknown test samples
+    train_relabelled: torch.Tensor | None = None  # open-set "relabel": unknown-class training samples
 
 
 def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = True) -> Prepared:
@@ -189,6 +193,9 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
     root = resolve_data_root(config.data_root)
     data = load_dataset(config.dataset, root)
     info = DATASETS[config.dataset]
+    openset = apply_openset(data, config, root) if config.openset else None
+    if openset is not None:  # the known classes only (relabelled 0..K-1); noise applies to them
+        data = openset.data
     noisy = make_noisy_labels(
         data.train_labels, config.noise, config.noise_rate, data.num_classes, dataset=config.dataset,
         seed=config.seed, images=data.train_images if isinstance(data, TensorData) else None,
@@ -233,7 +240,9 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         mean=torch.tensor(data.mean, device=device).view(shape), std=torch.tensor(data.std, device=device).view(shape),
         in_channels=info.in_channels, image_size=info.image_size,
         noise_record=noisy.record(data.train_labels, config.dataset, config.noise, config.noise_rate),
-        pretrained=load_weights(config))
+        pretrained=load_weights(config),
+        openset=openset.test if openset and evaluate_test else None,  # a search never sees the test set
+        train_relabelled=on_device(openset.train_relabelled, train_idx) if openset else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +315,7 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
     try:
         if prepared.pretrained is not None:
             result.summary["pretrained_sha256"] = prepared.pretrained.sha256
-        result.samples = _train(config, prepared, device, precision, epochs, on_epoch)
+        result.samples, result.openset = _train(config, prepared, device, precision, epochs, on_epoch)
     except _CallbackError as err:
         raise err.__cause__ from None
     except (UserError, KeyboardInterrupt):
@@ -323,6 +332,10 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
             result.broken_cuda = not _release_cuda_memory()
     result.wall_seconds = time.perf_counter() - start
     result.summary = {**summarize(epochs), **result.summary}
+    if result.openset is not None:
+        from drainage_bench.metrics.openset import openset_summary
+
+        result.summary.update(openset_summary(result.openset))
     return result
 
 
@@ -438,10 +451,12 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
                 on_epoch(dict(metrics))
             except Exception as err:  # noqa: BLE001 - handed back to the caller unchanged
                 raise _CallbackError() from err
-    if drainage:
-        model.eval()
-        return _drainage_samples(forward, p, eval_batch)
-    return None
+    model.eval()
+    samples = _drainage_samples(forward, p, eval_batch) if drainage else None
+    if samples is not None and p.train_relabelled is not None:
+        samples["is_relabelled"] = p.train_relabelled.cpu().numpy()
+    scores = None if p.openset is None else openset_scores(forward, p.openset, p.num_classes, eval_batch, drainage)
+    return samples, scores
 
 
 def _batch_stats(logits, y, clean, noisy, num_classes, loss) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Metric formulas on numpy arrays (numpy and scikit-learn only: no torch), shared by the trainer and the analysis."""
