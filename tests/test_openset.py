@@ -107,7 +107,7 @@ def test_an_open_set_drainage_trial_scores_every_test_sample_and_records_the_met
     assert s["openset_drain_rejects_unknown"] == pytest.approx(scores["drained"][scores["is_unknown"]].mean())
     assert 0 <= s["openset_auroc_pd"] <= 1 and 0 <= s["openset_oscr_pd"] <= s["openset_closed_acc"]
     store = ResultsStore(tmp_path, "os")
-    store.write_trial(result.record(), result.epochs, result.samples, result.openset)
+    store.write_trial(result.record(), result.epochs, result.samples, result.noise, openset=result.openset)
     assert len(store.openset()) == 540 and store.trials().iloc[0]["openset"] == SIX
     # a rerun without scores (e.g. failed) must not keep the old ones
     store.write_trial(result.record(), result.epochs, result.samples)
@@ -228,7 +228,7 @@ def test_open_set_figures_from_the_stored_scores(tmp_path: Path) -> None:
     # CE separates perfectly (knowns 0.1, 0.2 below unknowns 0.3, 0.4); drainage's scores all tie
     for loss, name, scores in (("ce", "CE", _scores([0.1, 0.2], [0.3, 0.4], False)),
                                ("drainage", "Drainage", _scores([0.5, 0.5], [0.5, 0.5], True))):
-        store.write_trial(record(loss, name, "none", 0.0, 0, 0.9, sweep="os", openset="standard:0"), [], None, scores)
+        store.write_trial(record(loss, name, "none", 0.0, 0, 0.9, sweep="os", openset="standard:0"), [], None, openset=scores)
     selection = load_selection(tmp_path, ["os"])
     loaded = P.load_scores(selection, P._openset_trials(selection))
     ce_curve, _, ce_auc = P._mean_roc(loaded[loaded["row"] == "CE"], "score_msp")
@@ -264,3 +264,10 @@ def test_a_cross_dataset_sweep_without_the_other_dataset_stops_before_ray(tmp_pa
     out = subprocess.run([*CLI, "sweep", str(spec), "--results", "res", "--data-root", "data"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert_user_error(out, "dataset 'fashion_mnist' is not available", tmp_path / "res")
+    from drainage_bench.analysis import tables as T
+
+    # --compare-to pairs runs by (split, seed): Drainage - CE = 0.10, 0.08, 0.06, 0.04 -> mean 0.07 over 4 pairs
+    selection = T.load_selection(tmp_path, ["os"])
+    data = T.add_comparison(T.aggregate(selection, "openset_auroc_msp"), selection, "CE")
+    cell = data.cells.loc[("Drainage", "digits:clean")]
+    assert cell["n_pairs"] == 4 and cell["diff"] == pytest.approx(0.07)

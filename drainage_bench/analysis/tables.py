@@ -756,6 +756,8 @@ def add_comparison(data: TableData, selection: Selection, reference: str,
     ``diff_low``, ``diff_high`` (fractions), ``n_pairs`` and ``diff_excludes_zero``."""
     reference = resolve_row(data, selection, reference)
     values = metric_values(selection, data.metric)
+    if "openset" in values:  # open-set splits are replicates too: pair by (split, seed)
+        values = values.assign(seed=values["openset"].astype(str) + "|" + values["seed"].astype(str))
     groups = {key: g[["seed", "value"]] for key, g in values.groupby(["row", "column"])}
     empty = pd.DataFrame({"seed": [], "value": []})
     found = {}
