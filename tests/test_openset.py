@@ -206,6 +206,13 @@ def test_table_shows_several_open_set_metrics_over_splits_and_seeds(tmp_path: Pa
                                   "--metric", "openset_auroc_msp", "--metric", "openset_auroc_pd"]).output
     assert "| Loss | AUROC MSP | AUROC p\\_d |" in md and "over 4 runs (open-set splits × seeds)" in md
     assert "| CE | *83.00 ± 2.58* | n/a |" in md and "| Drainage | **90.00 ± 0.00** | 96.00 ± 1.15 |" in md
+    from drainage_bench.analysis import tables as T
+
+    # --compare-to pairs runs by (split, seed): Drainage - CE = 0.10, 0.08, 0.06, 0.04 -> mean 0.07 over 4 pairs
+    selection = T.load_selection(tmp_path, ["os"])
+    data = T.add_comparison(T.aggregate(selection, "openset_auroc_msp"), selection, "CE")
+    cell = data.cells.loc[("Drainage", "digits:clean")]
+    assert cell["n_pairs"] == 4 and cell["diff"] == pytest.approx(0.07)
 
 
 def _scores(known: list[float], unknown: list[float], pd_: bool) -> dict:
@@ -264,10 +271,3 @@ def test_a_cross_dataset_sweep_without_the_other_dataset_stops_before_ray(tmp_pa
     out = subprocess.run([*CLI, "sweep", str(spec), "--results", "res", "--data-root", "data"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert_user_error(out, "dataset 'fashion_mnist' is not available", tmp_path / "res")
-    from drainage_bench.analysis import tables as T
-
-    # --compare-to pairs runs by (split, seed): Drainage - CE = 0.10, 0.08, 0.06, 0.04 -> mean 0.07 over 4 pairs
-    selection = T.load_selection(tmp_path, ["os"])
-    data = T.add_comparison(T.aggregate(selection, "openset_auroc_msp"), selection, "CE")
-    cell = data.cells.loc[("Drainage", "digits:clean")]
-    assert cell["n_pairs"] == 4 and cell["diff"] == pytest.approx(0.07)
