@@ -88,3 +88,15 @@ def get_metric(name: str) -> Metric:
 NOISE_ORDER = ("none", "sym", "asym", "instance", "human", "file")
 NOISE_GROUPS = {"none": "Clean", "sym": "Symmetric", "asym": "Asymmetric",
                 "instance": "Instance-dependent", "human": "Human", "file": "Label file"}
+RATED_TYPES = ("sym", "asym", "instance")  # the noise types whose text form carries a rate
+
+# The loss registry's names, in its order (CE first, the drainage loss last), with their table
+# names: a plain copy of trainer/losses.py's `display` attributes, so that tables order and name
+# rows without importing torch (tests/test_losses.py checks the copy against the registry). A
+# loss missing here still shows: under its record's display name, after these.
+LOSS_DISPLAY = {
+    "ce": "CE", "fl": "FL", "mae": "MAE", "gce": "GCE", "sce": "SCE", "nce": "NCE", "rce": "RCE", "nfl": "NFL",
+    "nce_rce": "NCE+RCE", "nce_mae": "NCE+MAE", "nfl_rce": "NFL+RCE", "nce_agce": "NCE+AGCE", "nce_aul": "NCE+AUL",
+    "nce_ael": "NCE+AEL", "anl_ce": "ANL-CE", "anl_fl": "ANL-FL", "anl_ce_er": "ANL-CE-ER", "ls": "LS",
+    "drainage": "Drainage",
+}

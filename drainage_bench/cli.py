@@ -268,6 +268,7 @@ def sweep(
 
     from drainage_bench.analysis.store import ResultsStore
     from drainage_bench.config import parse_set
+    from drainage_bench.sweeps.expected import record_expected
     from drainage_bench.sweeps.spec import load_spec
     from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
 
@@ -283,8 +284,9 @@ def sweep(
                   f"[bold]{len(todo.todo)}[/] to run ({res.cpus_per_trial:g} CPU, {res.gpus_per_trial:g} GPU per trial)")
     if dry_run:
         table = Table("trial_id", "loss", "noise", "seed", "state", box=None)
+        to_run = {c.trial_id for c in todo.todo}
         for c in todo.configs:
-            state = "to run" if c in todo.todo else todo.done.get(c.trial_id, "")
+            state = "to run" if c.trial_id in to_run else todo.done.get(c.trial_id, "")
             table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
         console.print(table)
         return
@@ -297,6 +299,7 @@ def sweep(
             _require_weights(todo.todo)
         for other in sorted({c.openset[3:] for c in todo.todo if c.openset.startswith("vs:")}):
             _require_dataset(other, data_root, address)  # cross-dataset open-set unknowns
+    record_expected(store, spec, configs)  # what `table` and `status` read as the sweep's trial list
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
@@ -317,22 +320,33 @@ def status(
     from collections import Counter
 
     from drainage_bench.analysis.store import ResultsStore
+    from drainage_bench.sweeps.expected import record_expected, recorded_expected
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import plan
 
     spec = load_spec(name)
     store = ResultsStore(results, spec.name)
-    state = plan(_expand(spec, None, storage, results), store)
+    expected = recorded_expected(store, spec)  # the list the last run recorded: no spec expansion
+    if expected is None:
+        configs = _expand(spec, None, storage, results)
+        if store.path.is_dir():
+            expected = record_expected(store, spec, configs)
+        else:
+            from drainage_bench.sweeps.expected import expected_frame
+
+            expected = expected_frame(configs, spec.name)
+    statuses = store.statuses()
     counts: dict[str, Counter] = {}
-    for c in state.configs:
-        counts.setdefault(c.label or c.loss, Counter())[state.done.get(c.trial_id, "missing")] += 1
+    total: Counter = Counter()
+    for trial_id, label, loss in zip(expected["trial_id"], expected["label"], expected["loss"]):
+        state = statuses.get(trial_id, "missing")
+        counts.setdefault(label if isinstance(label, str) else loss, Counter())[state] += 1
+        total[state] += 1
     table = Table("loss", "ok", "failed", "missing", box=None)
     for loss, n in counts.items():
         table.add_row(loss, str(n["ok"]), str(n["failed"]), str(n["missing"]))
     console.print(table)
-    total = Counter(state.done.values())
-    console.print(f"{spec.name}: {total['ok']} ok, {total['failed']} failed, {len(state.todo)} missing "
-                  f"of {len(state.configs)} trials ({store.path})")
+    console.print(f"{spec.name}: {total['ok']} ok, {total['failed']} failed, {total['missing']} missing "
+                  f"of {len(expected)} trials ({store.path})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,8 +378,8 @@ def table(
     fmt = format_for(output, format_)
     if standalone and fmt != "latex":
         raise UserError(f"--standalone applies to --format latex only, not {fmt}")
-    selection = load_selection(results, sweeps, where, loss)
     metrics = [name.strip() for item in metric or [] for name in item.split(",") if name.strip()]
+    selection = load_selection(results, sweeps, where, loss, metrics[0] if len(metrics) == 1 else None)
     if len(metrics) > 1 and (compare_to is not None or ranks):
         raise UserError("--compare-to and --ranks take one --metric; drop the others")
     data = aggregate_metrics(selection, metrics)
@@ -478,7 +492,7 @@ app.add_typer(study_app, name="study")
 @study_app.command("list")
 def study_list(storage: StorageOpt = None, results: ResultsRoot = Path("results")) -> None:
     """Every study with its complete / pruned / failed trials, best value and best parameters."""
-    from drainage_bench.analysis.studies import list_studies
+    from drainage_bench.sweeps.studies import list_studies
 
     url = _storage_url(storage, results)
     rows = list_studies(url)
@@ -499,7 +513,7 @@ def study_show(
     top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
 ) -> None:
     """The best trials, parameter importances, and the command to open the study in optuna-dashboard."""
-    from drainage_bench.analysis.studies import best_trials, dashboard_command, importances, load, recipe_trial
+    from drainage_bench.sweeps.studies import best_trials, dashboard_command, importances, load, recipe_trial
 
     url = _storage_url(storage, results)
     study = load(url, name)
@@ -530,7 +544,7 @@ def study_plot(
     out: Annotated[Optional[Path], typer.Option(help="Folder for the PNG files (default: RESULTS/studies/NAME).")] = None,
 ) -> None:
     """Optimisation history, the landscape of the two most important parameters, slices, learning curves (PNG)."""
-    from drainage_bench.analysis.studies import load, plot_study
+    from drainage_bench.sweeps.studies import load, plot_study
 
     for path in plot_study(load(_storage_url(storage, results), name), out or results / "studies" / name):
         console.print(f"wrote {path}", highlight=False)

@@ -587,3 +587,11 @@ def test_bad_num_classes_and_reduction():
         make_loss("ce", 1)
     with pytest.raises(UserError, match="reduction 'sum'"):
         make_loss("ce", 3, reduction="sum")
+
+
+def test_the_catalogue_copy_of_the_loss_names_matches_the_registry():
+    """Tables name and order rows from catalog.LOSS_DISPLAY (no torch there): it must list every
+    registered loss, in the registry's order, with the class's display name."""
+    from drainage_bench.catalog import LOSS_DISPLAY
+
+    assert list(LOSS_DISPLAY.items()) == [(name, cls.display) for name, cls in LOSSES.items()]

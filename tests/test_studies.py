@@ -14,7 +14,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from drainage_bench.analysis import studies
+from drainage_bench.sweeps import studies
 from drainage_bench.errors import UserError
 from drainage_bench.sweeps.search import open_storage
 

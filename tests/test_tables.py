@@ -17,8 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from drainage_bench.analysis import tables as T
+from drainage_bench.analysis.store import ResultsStore
 from drainage_bench.cli import app
 from drainage_bench.errors import UserError
+from drainage_bench.sweeps.expected import record_expected
+from drainage_bench.sweeps.spec import load_spec
 from results_helpers import HAND_ROWS, HAND_SWEEP, REAL_SWEEP, record, real_store, write_rows
 
 
@@ -94,7 +97,10 @@ def test_spec_order_and_missing_trials(tmp_path):
     rows = [record("drainage", "Drainage", "asym", 0.2, 0, 0.8, sweep="quickstart"),
             record("ce", "CE", "none", 0.0, 0, 0.9, sweep="quickstart"),
             record("ce", "CE", "none", 0.0, 1, 0.92, sweep="quickstart")]
-    data = T.aggregate(T.load_selection(write_rows(tmp_path, rows, "quickstart"), ["quickstart"]))
+    root = write_rows(tmp_path, rows, "quickstart")
+    spec = load_spec("quickstart")
+    record_expected(ResultsStore(root, "quickstart"), spec, spec.expand())  # as `sweep` does
+    data = T.aggregate(T.load_selection(root, ["quickstart"]))
     assert data.rows == ["CE", "GCE", "SCE", "NCE+RCE", "ANL-CE", "Drainage"]  # the spec's order
     assert data.missing_total == 36 - 3
     drain = cell(data, "Drainage", "asym0.2")

@@ -28,9 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from drainage_bench.analysis.tables import Column, Selection, aggregate  # noqa: E402
-from drainage_bench.catalog import Metric, get_metric  # noqa: E402
+from drainage_bench.catalog import RATED_TYPES, Metric, get_metric  # noqa: E402
 from drainage_bench.errors import UserError, did_you_mean  # noqa: E402
-from drainage_bench.trainer.noise import RATED_TYPES  # noqa: E402
 
 CURVES = (  # epoch column, legend label, line style
     ("test_acc", "test accuracy", "-"),

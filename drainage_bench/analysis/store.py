@@ -14,6 +14,14 @@
 Every file is written to a temporary name in the same folder and renamed into place, so a killed
 run never leaves a half-written record: a trial's record exists completely or not at all. The
 trial record is written last, so its presence means the epoch and sample files are complete.
+
+Reading goes through a derived index per folder (``<sweep>/index/<kind>.parquet``, see
+`analysis.index`), refreshed from the files newer than it; deleting it loses nothing. Any folder
+of per-trial files is a kind (trials, epochs, and the ones feature modules add); per-sample files
+are large and are read per trial, never indexed. A few trials named by id are read directly.
+
+    <root>/<sweep>/expected.parquet            the trial list of the sweep's last run (written by
+                                               `sweep` and `status`): what `table` counts as missing
 """
 from __future__ import annotations
 
@@ -27,10 +35,14 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from drainage_bench import noise_files
+from drainage_bench.analysis import index
 from drainage_bench.atomic import atomic_write
 from drainage_bench.errors import UserError
 
 DEFAULT_ROOT = Path("results")
+UNINDEXED = frozenset({"samples"})  # one row per training sample: read per trial
+DIRECT_MAX = 64                     # up to this many trials named by id are read from their files
+EXPECTED = "expected.parquet"
 
 
 class ResultsStore:
@@ -91,9 +103,32 @@ class ResultsStore:
         folder = self.path / "trials"
         return {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
 
-    def trials(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    def read(self, kind: str, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None,
+             filter_for: index.FilterFor | None = None) -> pd.DataFrame:
+        """The rows of one kind of record (``trials``, ``epochs``, ...), all or some trial_ids,
+        projected to `columns` and filtered by `filter_for(schema)` (pushed down into the read)."""
+        folder = self.path / kind
+        if not folder.is_dir():
+            return pd.DataFrame()
+        ids = None if trial_ids is None else sorted(set(trial_ids))
+        try:
+            if kind in UNINDEXED or (ids is not None and len(ids) <= DIRECT_MAX):
+                files = sorted(folder.glob("*.parquet")) if ids is None else [
+                    p for p in (folder / f"{t}.parquet" for t in ids) if p.exists()]
+                if not files:
+                    return pd.DataFrame()
+                table = index.read_files(files, columns, filter_for)
+            else:
+                table = index.read(folder, self.path / "index" / f"{kind}.parquet", columns,
+                                   _with_ids(filter_for, ids))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+            raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
+        return table.to_pandas()
+
+    def trials(self, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None,
+               filter_for: index.FilterFor | None = None) -> pd.DataFrame:
         """The trial records of the sweep (all, or some trial_ids) as one table (empty if none)."""
-        df = read_folder(self.path / "trials", trial_ids)
+        df = self.read("trials", trial_ids, columns, filter_for)
         if not df.empty:
             sweep = df["sweep"].fillna(self.sweep) if "sweep" in df else self.sweep
             df = df.drop(columns="sweep", errors="ignore")
@@ -101,10 +136,10 @@ class ResultsStore:
         return df
 
     def epochs(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        return read_folder(self.path / "epochs", trial_ids)
+        return self.read("epochs", trial_ids)
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        return read_folder(self.path / "samples", trial_ids)
+        return self.read("samples", trial_ids)
 
     def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""
@@ -112,16 +147,47 @@ class ResultsStore:
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""
-        df = read_folder(self.path / "trials", columns=["trial_id", "status"])
+        df = self.read("trials", columns=["trial_id", "status"])
         return dict(zip(df["trial_id"], df["status"])) if not df.empty else {}
+
+    # -- the expected trials -----------------------------------------------------------------
+
+    def write_expected(self, expected: pd.DataFrame, meta: dict[str, Any]) -> Path:
+        """The sweep's trial list (one row per trial: trial_id, its fields, loss_display) and
+        what the table needs of its spec (`meta`: rows, metric, spec_sha256), atomically."""
+        table = pa.Table.from_pandas(expected, preserve_index=False)
+        table = table.replace_schema_metadata({b"drainage_bench": json.dumps(meta).encode()})
+        return atomic_write_parquet(table, self.path / EXPECTED)
+
+    def expected(self) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+        """(the trial list, its meta) as `write_expected` wrote them; (None, {}) without the file."""
+        path = self.path / EXPECTED
+        if not path.exists():
+            return None, {}
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise UserError(f"cannot read {path}: {err}; remove it (`drainage-bench status` writes it again)") from None
+        meta = json.loads((table.schema.metadata or {}).get(b"drainage_bench", b"{}"))
+        return table.to_pandas(), meta
+
+
+def _with_ids(filter_for: index.FilterFor | None, ids: list[str] | None) -> index.FilterFor | None:
+    """`filter_for`, and (with `ids`) only those trial_ids."""
+    if ids is None:
+        return filter_for
+
+    def both(schema: pa.Schema):
+        expression = ds.field("trial_id").isin(ids)
+        extra = filter_for(schema) if filter_for is not None else None
+        return expression if extra is None else expression & extra
+
+    return both
 
 
 def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """All parquet files of a folder (optionally only some trial_ids) as one DataFrame.
-
-    Files may have different columns (losses have different parameters): the schemas are
-    unified, missing columns read as null.
-    """
+    """Every parquet file of a folder (optionally only some trial_ids), read file by file,
+    without the index: what the index must reproduce (tests, the benchmark's baseline)."""
     if not folder.is_dir():
         return pd.DataFrame()
     if trial_ids is None:
@@ -131,11 +197,9 @@ def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: l
     if not files:
         return pd.DataFrame()
     try:
-        schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-        table = ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table(columns=columns)
+        return index.read_files(files, columns).to_pandas()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
         raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
-    return table.to_pandas()
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> Path:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from drainage_bench.analysis.stats import CONFIDENCE, RankSummary, paired_by_seed, rank_summary
 from drainage_bench.analysis.store import ResultsStore, list_sweeps
-from drainage_bench.catalog import METRIC_ALIASES, METRICS, NOISE_GROUPS, NOISE_ORDER, Metric, get_metric  # noqa: F401
+from drainage_bench.catalog import LOSS_DISPLAY, METRIC_ALIASES, METRICS, NOISE_GROUPS, NOISE_ORDER, Metric, get_metric  # noqa: F401
 from drainage_bench.config import noise_tag
 from drainage_bench.errors import UserError, did_you_mean
 
@@ -199,22 +199,29 @@ def apply_where(df: pd.DataFrame, where: dict[str, list[str]]) -> pd.DataFrame:
     return df
 
 
-def apply_losses(df: pd.DataFrame, losses: list[str] | None, known: pd.DataFrame) -> pd.DataFrame:
-    """Rows whose loss name or display name is one of `losses` (case-insensitive)."""
-    if not losses:
-        return df
+def _check_losses(losses: list[str], known: pd.DataFrame) -> None:
     valid = set(known["loss"].astype(str)) | set(known["row"].astype(str))
     lowered = {v.lower() for v in valid}
     for name in losses:
         if name.lower() not in lowered:
             raise UserError(f"--loss {name!r} is not in the selected trials; " + did_you_mean(name, valid))
+
+
+def apply_losses(df: pd.DataFrame, losses: list[str] | None, known: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose loss name or display name is one of `losses` (case-insensitive)."""
+    if not losses:
+        return df
+    _check_losses(losses, known)
     wanted = {name.lower() for name in losses}
     return df[df["loss"].astype(str).str.lower().isin(wanted) | df["row"].astype(str).str.lower().isin(wanted)]
 
 
 @dataclass
 class SpecInfo:
-    """What a sweep's spec says about its table: expected trials, row order, default metric."""
+    """What a sweep's spec says about its table: expected trials, row order, default metric.
+
+    It comes from ``<sweep>/expected.parquet``, which `sweep` and `status` write from the spec
+    (the analysis layer never expands a spec: that needs the trainer's registries)."""
 
     expected: pd.DataFrame | None = None
     rows: list[str] = field(default_factory=list)
@@ -222,27 +229,13 @@ class SpecInfo:
     note: str | None = None
 
 
-def spec_info(sweep: str, root: str | Path = "results") -> SpecInfo:
-    """The expected trials (every trial_id the spec expands to), row order and metric of the
-    shipped sweep spec named `sweep`; empty for a folder that is no known spec. Tuned entries
-    read the studies in `root`'s default Optuna storage, as `sweep` does."""
-    from drainage_bench.sweeps.search import resolve_storage, tuned_lookup
-    from drainage_bench.sweeps.spec import builtin_specs, load_spec
-
-    if sweep not in builtin_specs():
+def spec_info(store: ResultsStore) -> SpecInfo:
+    """The expected trials, row order and metric that the sweep's last run recorded."""
+    expected, meta = store.expected()
+    if expected is None:
         return SpecInfo()
-    spec = load_spec(sweep)
-    from drainage_bench.trainer.losses import display_name
-
-    info = SpecInfo(rows=[entry.label or display_name(entry.name) for entry in spec.losses], metric=spec.metric)
-    try:
-        configs = spec.expand(tuned=tuned_lookup(resolve_storage(None, root)))
-    except (UserError, ImportError) as err:
-        info.note = f"Missing trials of {sweep} are not counted: its trial list is unknown ({err})."
-        return info
-    info.expected = pd.DataFrame([{**c.to_dict(), "trial_id": c.trial_id, "sweep": sweep,
-                                   "loss_display": c.label or display_name(c.loss)} for c in configs])
-    return info
+    expected = expected.assign(sweep=store.sweep)
+    return SpecInfo(expected=expected, rows=list(meta.get("rows", [])), metric=meta.get("metric"))
 
 
 def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -252,29 +245,124 @@ def _with_cells(df: pd.DataFrame) -> pd.DataFrame:
         df["loss_display"] = None
     df["row"] = df["loss_display"].where(df["loss_display"].notna(), df["loss"]).astype(str)
     df["openset"] = df["openset"].fillna("") if "openset" in df else ""  # open-set splits are replicates
-    df["column"] = [_column_of(r).id for _, r in df.iterrows()] if len(df) else []
+    if not len(df):
+        df["column"] = []
+        return df
+    keys = ["dataset", "noise", "noise_rate", "noise_key"]
+    # One Column per distinct setting (thousands of trials share a few settings).
+    settings = df[keys].astype(object).drop_duplicates()
+    ids = {tuple(_key(v) for v in r): _column_of(dict(zip(keys, r))).id for r in settings.itertuples(index=False)}
+    df["column"] = [ids[tuple(_key(v) for v in r)] for r in df[keys].astype(object).itertuples(index=False)]
     return df
 
 
+def _key(value):
+    """A hashable stand-in for a cell value (NaN and None alike)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+# The record columns a table or figure reads (with every TrialConfig field, for --where and the
+# one-trial-per-seed check, and the metric columns); the rest of a record is not read.
+READ_COLUMNS = ("trial_id", "sweep", "status", "error", "loss_display", "realized_noise_rate")
+
+
+def read_columns(metric: str | None = None) -> list[str]:
+    from drainage_bench.config import FIELDS
+
+    metrics = [get_metric(metric).column] if metric else [m.column for m in METRICS.values()]
+    return list(dict.fromkeys([*READ_COLUMNS, *FIELDS, *metrics]))
+
+
+def pushdown(where: dict[str, list[str]], loss_names: set[str] | None):
+    """A pyarrow filter for `where` and the wanted loss names, built per store from its schema.
+
+    It keeps a superset of the rows that `apply_where` / `apply_losses` keep (float values within
+    the same tolerance, `none` as null), on TrialConfig fields that are part of the identity only,
+    so records of the same trial_id in two sweeps are kept or dropped together; the exact filters
+    run on what it keeps."""
+    from drainage_bench.config import FIELDS, NOT_HASHED
+
+    pushed = {k: v for k, v in where.items() if (k in FIELDS and k not in NOT_HASHED) or k == "trial_id"}
+
+    def build(schema):
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        terms = []
+        for key, wanted in pushed.items():
+            term = _term(ds, pa, schema, key, wanted)
+            if term is not None:
+                terms.append(term)
+        if loss_names is not None and "loss" in schema.names:
+            terms.append(ds.field("loss").isin(sorted(loss_names)))
+        out = None
+        for term in terms:
+            out = term if out is None else out & term
+        return out
+
+    return build
+
+
+def _term(ds, pa, schema, key: str, wanted: list[str]):
+    none = any(w.lower() in ("none", "null", "") for w in wanted)
+    if key not in schema.names:
+        return None if none else ds.scalar(False)
+    kind, col = schema.field(key).type, ds.field(key)
+    numbers = []
+    for w in wanted:
+        try:
+            numbers.append(float(w))
+        except ValueError:
+            pass
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        term = col.isin([w for w in wanted])
+    elif pa.types.is_integer(kind):
+        term = col.isin([int(x) for x in numbers if math.isfinite(x) and x.is_integer()])
+    elif pa.types.is_floating(kind):
+        term = ds.scalar(False)
+        for x in numbers:  # math.isclose(rel_tol=1e-9, abs_tol=1e-12), widened a little
+            tol = 2e-9 * abs(x) + 2e-12
+            term = term | ((col >= x - tol) & (col <= x + tol))
+    else:
+        return None  # booleans, nulls: filtered exactly afterwards
+    return term | col.is_null() if none else term
+
+
 def load_selection(root: str | Path, sweeps: list[str] | None = None, where: list[str] | None = None,
-                   losses: list[str] | None = None) -> Selection:
-    """The filtered records of `sweeps` under `root`, plus the expected trials of known specs."""
+                   losses: list[str] | None = None, metric: str | None = None) -> Selection:
+    """The filtered records of `sweeps` under `root`, plus the expected trials their runs recorded.
+
+    Filters are pushed down into the read (only matching rows, only the columns a table needs;
+    `metric` narrows the metric columns to one), then applied exactly."""
     root = Path(root)
     names = resolve_sweeps(root, sweeps)
     filters = parse_where(where)
-    frames, expected, row_order, notes, metrics = [], [], [], [], []
-    for name in names:
-        frames.append(ResultsStore(root, name).trials())
-        info = spec_info(name, root)
-        row_order += info.rows
-        notes += [info.note] if info.note else []
-        metrics += [info.metric] if info.metric else []
-        if info.expected is not None:
-            expected.append(info.expected)
-    trials = pd.concat([f for f in frames if not f.empty], ignore_index=True)
-    trials = _with_cells(_dedupe(trials))
+    stores = [ResultsStore(root, name) for name in names]
+    infos = [spec_info(store) for store in stores]
+    expected = [i.expected for i in infos if i.expected is not None]
     exp = _with_cells(pd.concat(expected, ignore_index=True)) if expected else None
-    known = trials if exp is None else pd.concat([trials[["loss", "row"]], exp[["loss", "row"]]])
+    loss_names = None
+    known = None
+    if losses:
+        pairs = [store.trials(columns=["loss", "loss_display"]) for store in stores]
+        pairs = pd.concat([p for p in pairs if not p.empty] or [pd.DataFrame(columns=["loss"])], ignore_index=True)
+        display = pairs["loss_display"] if "loss_display" in pairs else pd.Series(None, index=pairs.index)
+        known = pd.DataFrame({"loss": pairs["loss"], "row": display.where(display.notna(), pairs["loss"]).astype(str)})
+        if exp is not None:
+            known = pd.concat([known, exp[["loss", "row"]]], ignore_index=True)
+        _check_losses(losses, known)
+        wanted = {n.lower() for n in losses}
+        loss_names = {str(lo) for lo, row in zip(known["loss"], known["row"])
+                      if str(lo).lower() in wanted or str(row).lower() in wanted}
+    columns = read_columns(metric)
+    frames = [store.trials(columns=columns, filter_for=pushdown(filters, loss_names)) for store in stores]
+    frames = [f for f in frames if not f.empty]
+    trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["trial_id", "sweep", "status", "loss", "loss_display", "dataset", "noise", "noise_rate",
+                 "noise_key", "seed"])
+    trials = _with_cells(_dedupe(trials))
+    if known is None:
+        known = trials[["loss", "row"]] if exp is None else pd.concat([trials[["loss", "row"]], exp[["loss", "row"]]])
     trials = apply_losses(apply_where(trials, filters), losses, known)
     if exp is not None:
         exp = apply_losses(apply_where(exp, filters), losses, known)
@@ -283,19 +371,19 @@ def load_selection(root: str | Path, sweeps: list[str] | None = None, where: lis
     _check_one_trial_per_seed(trials)
     both = trials if exp is None else pd.concat([trials, exp], ignore_index=True)
     present = set(both["row"])
+    row_order = [r for i in infos for r in i.rows]
     seen = list(dict.fromkeys(row_order + _registry_order(both)))
+    metrics = [i.metric for i in infos if i.metric]
     return Selection(root=root, sweeps=names, trials=trials.reset_index(drop=True), expected=exp,
                      row_order=[r for r in seen if r in present],
                      columns=_columns(both),
-                     notes=notes, metric=metrics[0] if metrics else "final_test_acc")
+                     notes=[i.note for i in infos if i.note], metric=metrics[0] if metrics else "final_test_acc")
 
 
 def _registry_order(frame: pd.DataFrame) -> list[str]:
-    """Rows no spec orders: in the order of the loss registry (CE first, the drainage loss last),
-    rows of one loss by name."""
-    from drainage_bench.trainer.losses import LOSSES
-
-    rank = {name: i for i, name in enumerate(LOSSES)}
+    """Rows no spec orders: in the order of the loss registry (CE first, the drainage loss last;
+    catalog.LOSS_DISPLAY), rows of one loss by name."""
+    rank = {name: i for i, name in enumerate(LOSS_DISPLAY)}
     pairs = frame[["loss", "row"]].drop_duplicates().astype(str)
     return [row for _, row in sorted(zip(pairs["loss"], pairs["row"]), key=lambda p: (rank.get(p[0], len(rank)), p[1]))]
 
@@ -311,9 +399,8 @@ def _check_one_trial_per_seed(trials: pd.DataFrame) -> None:
     seeds of one experiment: refuse, and name what differs."""
     from drainage_bench.config import NOT_HASHED, FIELDS
 
-    for (row, column, seed, _), group in trials.groupby(["row", "column", "seed", "openset"], sort=False):
-        if len(group) < 2:
-            continue
+    keys = ["row", "column", "seed", "openset"]
+    for (row, column, seed, _), group in trials[trials.duplicated(keys, keep=False)].groupby(keys, sort=False):
         fields = [f for f in FIELDS if f in group and f not in NOT_HASHED]
         differ = [f for f in fields if group[f].astype(str).nunique() > 1]
         raise UserError(f"{row} / {column} / seed {seed} has {len(group)} different trials "
@@ -366,7 +453,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
     values = metric_values(selection, metric)
     keys = ["row", "column"]
     grid = pd.MultiIndex.from_product([selection.row_order, list(selection.columns)], names=keys)
-    stats = values.groupby(keys)["value"].agg(mean="mean", std=lambda s: s.std(ddof=1), n="count")
+    stats = values.groupby(keys)["value"].agg(mean="mean", std="std", n="count")  # pandas' std: ddof = 1
     cells = stats.reindex(grid)
     cells["n"] = cells["n"].fillna(0).astype(int)
     cells["n_na"] = values[values["value"].isna()].groupby(keys).size().reindex(grid, fill_value=0)

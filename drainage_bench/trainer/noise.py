@@ -26,6 +26,7 @@ import torch
 from scipy import stats
 
 from drainage_bench import noise_files
+from drainage_bench.catalog import RATED_TYPES  # the noise types whose text form carries a rate
 from drainage_bench.errors import UserError, did_you_mean
 from drainage_bench.trainer.data import ARRAY_GLOBALS
 
@@ -68,7 +69,6 @@ class NoiseRequest:
 
 
 NOISE_TYPES: dict[str, Callable[[NoiseRequest], np.ndarray]] = {}
-RATED_TYPES = ("sym", "asym", "instance")  # the types whose text form carries a rate
 VALID_FORMS = "valid: none, sym:RATE, asym:RATE, instance:RATE, human, human:KEY (RATE in [0, 1)), file:PATH"
 
 

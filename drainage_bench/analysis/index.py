@@ -1,0 +1,137 @@
+"""A derived, rebuildable index of one folder of per-trial parquet files.
+
+The per-trial files (``<sweep>/<kind>/<trial_id>.parquet``) stay the source of truth: each is
+written once, atomically, by the worker that ran the trial, so any number of writers never
+contend. Reading thousands of them one by one is slow (one open, one footer, one schema each),
+so readers keep one consolidated file per folder, ``<sweep>/index/<kind>.parquet``: every row of
+every trial file plus two columns saying where it came from:
+
+    _file    the trial file's name
+    _stamp   "inode:mtime_ns:size" of that file when it was read
+
+A refresh lists the folder (one stat per file, no reads), keeps the index rows whose file still
+has the same stamp, reads only the files that are new or were replaced (a retried trial is a new
+file: os.replace gives it a new inode), drops the rows of files that are gone, and writes the
+result to a temporary file that is renamed over the index. A file is stat'ed *before* it is read,
+so a file replaced in between is seen as stale on the next refresh, never missed. Two readers that
+refresh at once each write a complete index of their own and rename it; whichever rename comes
+last wins, and both are correct. Deleting the index loses nothing: the next read rebuilds it.
+Where the results folder is read-only the index is built in memory and not written.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from drainage_bench.atomic import atomic_write
+
+FILE, STAMP = "_file", "_stamp"
+# Builds a row filter once the columns are known: schema -> expression (None: every row).
+FilterFor = Callable[[pa.Schema], "pc.Expression | None"]
+
+
+def stamps(folder: Path) -> dict[str, str]:
+    """name -> "inode:mtime_ns:size" of every parquet file in `folder` (temporary files excluded)."""
+    out = {}
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:  # removed while listing
+                continue
+            out[entry.name] = f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+    return out
+
+
+def _read_file(path: Path, stamp: str) -> pa.Table | None:
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:  # replaced or removed since it was listed: the next refresh sees it
+        return None
+    n = table.num_rows
+    return table.append_column(FILE, pa.array([path.name] * n, pa.string())).append_column(
+        STAMP, pa.array([stamp] * n, pa.string()))
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Tables whose columns differ (losses have different parameters): missing columns are null."""
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def refresh(folder: Path, index_path: Path) -> tuple[pa.Table | None, bool]:
+    """Bring the index of `folder` up to date. Returns (the whole index table if it had to be
+    rebuilt, else None: the file on disk is current; whether anything changed)."""
+    current = stamps(folder)
+    try:
+        known = pq.read_table(index_path, columns=[FILE, STAMP])
+        known_stamps = dict(zip(known.column(FILE).to_pylist(), known.column(STAMP).to_pylist()))
+    except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError, KeyError, OSError):
+        known_stamps = None
+    if known_stamps is not None and known_stamps == current:
+        return None, False
+    keep = set() if known_stamps is None else {f for f, s in known_stamps.items() if current.get(f) == s}
+    parts = []
+    if keep:
+        old = pq.read_table(index_path)
+        parts.append(old.filter(pc.is_in(old.column(FILE), value_set=pa.array(sorted(keep), pa.string()))))
+    for name in sorted(set(current) - keep):
+        table = _read_file(folder / name, current[name])
+        if table is not None:
+            parts.append(table)
+    parts = [p for p in parts if p.num_rows]
+    if not parts:
+        _remove(index_path)
+        return pa.table({FILE: pa.array([], pa.string()), STAMP: pa.array([], pa.string())}), True
+    table = _concat(parts)
+    table = table.take(pc.sort_indices(table, sort_keys=[(FILE, "ascending")]))  # file order, as a direct read
+    _write(table, index_path)
+    return table, True
+
+
+def read(folder: Path, index_path: Path, columns: list[str] | None = None,
+         filter_for: FilterFor | None = None) -> pa.Table:
+    """The rows of every file of `folder` (refreshing the index first), projected to `columns`
+    (those that exist) and filtered by `filter_for(schema)`, pushed down into the parquet read."""
+    table, _ = refresh(folder, index_path)
+    if table is not None:  # rebuilt: filter the table in memory
+        source = ds.dataset(table)
+    else:
+        source = ds.dataset(str(index_path), format="parquet")
+    return _select(source, columns, filter_for)
+
+
+def read_files(files: list[Path], columns: list[str] | None = None, filter_for: FilterFor | None = None) -> pa.Table:
+    """The same selection from some trial files directly (a few trials: no index needed)."""
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return _select(ds.dataset([str(f) for f in files], schema=schema, format="parquet"), columns, filter_for)
+
+
+def _select(source: ds.Dataset, columns: list[str] | None, filter_for: FilterFor | None) -> pa.Table:
+    names = [n for n in source.schema.names if n not in (FILE, STAMP)]
+    wanted = names if columns is None else [c for c in dict.fromkeys(columns) if c in names]
+    expression = filter_for(source.schema) if filter_for is not None else None
+    return source.to_table(columns=wanted, filter=expression)
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    try:
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    except OSError:  # a read-only results folder: the index lives in memory this time
+        pass
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
