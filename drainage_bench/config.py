@@ -69,7 +69,7 @@ class TrialConfig:
     split_seed: int = 0
     eval_every: int = 1
     drainage_logit: float | None = None
-    amp: bool = True
+    amp: bool | None = None  # bf16 autocast. None: on CUDA only (as in 0.1); true: also on a CPU with bf16; false: never
     # Streamed datasets and real-noise recipes (WebVision, Clothing1M); defaults: as before.
     nesterov: bool = False           # SGD with Nesterov momentum
     train_crop: str = "center"       # training view of streamed images: center | random_resized
@@ -87,6 +87,7 @@ class TrialConfig:
     params_source: str | None = None
     noise_file: str | None = None  # file noise: the label file (its content hash is the noise_key)
     deterministic: bool = False  # torch's deterministic algorithms (for CUDA; the CPU path already is)
+    compile: bool = False  # torch.compile the model and the loss for training (trainer/compiled.py)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -119,6 +120,9 @@ class TrialConfig:
                 continue  # a field added later, at its default: existing trial_ids stay valid
             value = getattr(self, f.name)
             out[f.name] = dict(value) if f.name == "loss_params" else value
+        # amp: the default (bf16 on CUDA, fp32 on a CPU) hashes as 0.1's amp=true did; an explicit
+        # amp=true is bf16 on a CPU too, a different computation there, so it hashes differently.
+        out["amp"] = {None: True, True: "bf16", False: False}[self.amp]
         return out
 
     @property
@@ -146,7 +150,8 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-NOT_HASHED = frozenset({"device", "data_root", "label", "params_source", "noise_file", "deterministic"})
+# compile changes the numbers by float rounding only (measured: docs/benchmarks.md), like device.
+NOT_HASHED = frozenset({"device", "data_root", "label", "params_source", "noise_file", "deterministic", "compile"})
 # The hashed fields of version 0.1. Every field added since is hashed only when it differs from
 # its default, so that an upgrade never changes the trial_id of a finished trial (stores outlive
 # versions). A new field therefore needs a default that means "as before".
@@ -191,7 +196,9 @@ def _validate(c: TrialConfig) -> None:
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, did_you_mean(c.optimizer, OPTIMIZERS))
     _check(c.schedule in SCHEDULES, "schedule", c.schedule, did_you_mean(c.schedule, SCHEDULES))
     _check(c.val_labels in VAL_LABELS, "val_labels", c.val_labels, did_you_mean(c.val_labels, VAL_LABELS))
-    _check(isinstance(c.amp, bool), "amp", c.amp, "true or false (bf16 autocast on CUDA)")
+    _check(c.amp is None or isinstance(c.amp, bool), "amp", c.amp,
+           "true (bf16 autocast, also on a CPU with bf16), false (fp32), or none (bf16 on CUDA only)")
+    _check(isinstance(c.compile, bool), "compile", c.compile, "true or false (torch.compile for training)")
     _check(isinstance(c.deterministic, bool), "deterministic", c.deterministic, "true or false (deterministic CUDA kernels)")
     _check(c.device in DEVICES, "device", c.device, did_you_mean(c.device, DEVICES))
     _validate_streamed(c)

@@ -16,6 +16,7 @@ import math
 import platform
 import random
 import socket
+import sys
 import time
 from datetime import datetime
 import traceback
@@ -31,6 +32,7 @@ import drainage_bench
 from drainage_bench.config import TrialConfig
 from drainage_bench.errors import UserError
 from drainage_bench.trainer.augment import make_augment
+from drainage_bench.trainer.compiled import compile_for_training
 from drainage_bench.trainer.data import DATASETS, StreamData, TensorData, load_dataset, resolve_data_root, stratified_split
 from drainage_bench.trainer.losses import LOSSES, display_name, make_loss
 from drainage_bench.trainer.models import make_model
@@ -67,6 +69,7 @@ class TrialResult:
     noise: dict[str, Any] | None = None  # the labels trained on (NoisyLabels.record), stored once per hash
     conditions: dict[str, Any] = field(default_factory=dict)  # provenance.provenance(): threads, builds, GPU
     openset: dict[str, np.ndarray] | None = None  # open-set trials: per test sample scores (openset.py)
+    extra: dict[str, Any] = field(default_factory=dict)  # how it ran: precision, compile_status, compile_seconds
 
     def record(self) -> dict[str, Any]:
         """One flat row for the results store: the config, the metrics, provenance."""
@@ -82,6 +85,7 @@ class TrialResult:
             "epochs_run": len(self.epochs),
             "wall_seconds": self.wall_seconds,
             "device_used": self.device,
+            **self.extra,
             "started_at": _timestamp(self.started_at),
             "finished_at": _timestamp(time.time()),
             "host": socket.gethostname(),
@@ -282,8 +286,9 @@ class _CallbackError(Exception):
 class Precision:
     """How the forward pass uses the device: bf16 autocast and channels_last memory format.
 
-    ``for_device`` turns both on for CUDA only (autocast unless ``amp=false``); the CPU path stays
-    fp32 and deterministic. Tests pass ``Precision(True, True)`` to run the GPU recipe on a CPU.
+    ``for_device``: on CUDA both, autocast unless ``amp=false``; on a CPU fp32 (deterministic),
+    and both only with ``amp=true`` on a CPU that has bf16 instructions (elsewhere the trial says
+    so and stays fp32). Tests pass ``Precision(True, True)`` to run the GPU recipe on a CPU.
     """
 
     autocast: bool
@@ -291,8 +296,22 @@ class Precision:
 
     @classmethod
     def for_device(cls, device: torch.device, config: TrialConfig) -> "Precision":
-        cuda = device.type == "cuda"
-        return cls(autocast=cuda and config.amp, channels_last=cuda)
+        if device.type == "cuda":
+            return cls(autocast=config.amp is not False, channels_last=True)
+        bf16 = config.amp is True and cpu_has_bf16()
+        if config.amp is True and not bf16:
+            print(f"trial {config.trial_id}: amp=true, but this CPU has no bf16 instructions "
+                  "(avx512_bf16 / amx_bf16); training in fp32", file=sys.stderr, flush=True)
+        return cls(autocast=bf16, channels_last=bf16)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux: avx512_bf16 or amx_bf16 in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_test: bool = True,
@@ -312,10 +331,11 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
                          realized_noise_rate=prepared.noisy.realized_rate, wall_seconds=0.0,
                          started_at=started_at, noise=prepared.noise_record, conditions=provenance(device))
     precision = precision or Precision.for_device(device, config)
+    result.extra["precision"] = "bf16" if precision.autocast else "fp32"
     try:
         if prepared.pretrained is not None:
             result.summary["pretrained_sha256"] = prepared.pretrained.sha256
-        result.samples, result.openset = _train(config, prepared, device, precision, epochs, on_epoch)
+        result.samples, result.openset = _train(config, prepared, device, precision, epochs, on_epoch, result.extra)
     except _CallbackError as err:
         raise err.__cause__ from None
     except (UserError, KeyboardInterrupt):
@@ -358,8 +378,9 @@ class Forward:
     """
 
     def __init__(self, model: nn.Module, p: Prepared, augment, generator: torch.Generator,
-                 precision: Precision) -> None:
+                 precision: Precision, train_model: nn.Module | None = None) -> None:
         self.model, self.p, self.augment, self.generator, self.precision = model, p, augment, generator, precision
+        self.train_model = train_model or model  # compiled for training (compile=true), else the model
 
     def inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         x = images.float().div_(255)
@@ -371,11 +392,11 @@ class Forward:
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         x = self.inputs(images, train)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
-            return self.model(x).float()
+            return (self.train_model if train else self.model)(x).float()
 
 
 def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Precision, epochs: list,
-           on_epoch: OnEpoch | None):
+           on_epoch: OnEpoch | None, extra: dict | None = None):
     loss_cls = LOSSES[config.loss]
     loss_fn = make_loss(config.loss, p.num_classes, **config.params).to(device)
     drainage = loss_cls.extra_outputs == 1
@@ -394,7 +415,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     params = [q for q in model.parameters() if q.requires_grad]
     order_gen = torch.Generator().manual_seed(config.seed)            # data order: CPU, seeded
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-    forward = Forward(model, p, make_augment(config.augment), aug_gen, precision)
+    train_model, train_loss_fn, compiled = compile_for_training(config, model, loss_fn, device)
+    forward = Forward(model, p, make_augment(config.augment), aug_gen, precision, train_model)
     eval_batch = eval_batch_size(config.batch_size)
 
     next_order = epoch_orders(p.train_labels, p.num_classes, config.balanced_subsample, order_gen)
@@ -410,7 +432,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
         for idx, images in p.train(order, config.batch_size, train=True):
             logits = forward(images, train=True)
             y = p.train_labels[idx]
-            loss = objective = loss_fn(logits, y)
+            loss = objective = train_loss_fn(logits, y)
             if config.l1_delta > 0:
                 objective = loss + config.l1_delta * l1_penalty(params)
             optimizer.zero_grad(set_to_none=True)
@@ -446,6 +468,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
         metrics["train_seconds"] = train_seconds  # the training steps alone
         metrics["epoch_seconds"] = time.perf_counter() - t0  # with the evaluation
         epochs.append(metrics)
+        if extra is not None:
+            extra.update(compiled.record())
         if on_epoch is not None:
             try:
                 on_epoch(dict(metrics))
