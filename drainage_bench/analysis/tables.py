@@ -2,8 +2,9 @@
 
 The table is a small pandas pipeline:
 
-    load_selection(root, sweeps, where, losses)   the trial records (+ the expected trials of a
-                                                   known sweep spec, to count the missing ones)
+    load_selection(root, sweeps, where, losses)   the trial records, filters pushed down into the
+                                                   read (+ the trial list the sweep's run recorded
+                                                   in expected.parquet, to count the missing ones)
       -> aggregate(selection, metric)              TableData: mean / std / n per (row, column),
                                                    ranks, realized noise rate per column
       -> format_table(data, fmt)                   terminal | markdown | latex | csv | json
@@ -590,7 +591,8 @@ def footnotes(data: TableData, best: str, second: str) -> list[str]:
     cells = data.cells
     if data.missing_total or data.failed_total or ((cells["n"] == 0) & (cells["n_na"] == 0)).any():
         unrun = (f"trials without a record (running or not started): {data.missing_total}" if data.expected_known else
-                 "trials not run yet are not counted (no shipped sweep spec of this name lists them)")
+                 "trials not run yet are not counted (no trial list recorded for this sweep: "
+                 "`drainage-bench status SPEC` records it)")
         notes.append(f"—: no finished trial in the cell. Failed trials: {data.failed_total}; {unrun}.")
     notes += [f"failed: {line}" for line in data.failures]
     if (cells["n_na"] > 0).any():

@@ -325,6 +325,8 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
     seed_everything(config.seed)
     use_deterministic(config.deterministic)  # before anything touches the GPU
     device = pick_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # recorded as peak_gpu_memory_mb
     prepared = prepare(config, device, evaluate_test)  # UserError (bad data) propagates
     epochs: list[dict[str, Any]] = []
     result = TrialResult(config=config, status="ok", epochs=epochs, device=str(device),
@@ -349,6 +351,10 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
     finally:
         del prepared
         if device.type == "cuda":  # a reused Ray actor runs the next trial in this process
+            try:
+                result.extra["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            except Exception:  # noqa: BLE001 - a broken context: _release_cuda_memory says so
+                pass
             result.broken_cuda = not _release_cuda_memory()
     result.wall_seconds = time.perf_counter() - start
     result.summary = {**summarize(epochs), **result.summary}
