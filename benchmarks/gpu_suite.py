@@ -49,7 +49,7 @@ def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> 
         content = {b"batch_label": name.encode(), b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
                    b"labels": [int(y) for y in rng.integers(0, 10, count)],
                    b"filenames": [f"{i}.png".encode() for i in range(count)]}
-        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+        (folder / name).write_bytes(pickle.dumps(content, protocol=4))  # 2 would name _codecs.encode
 
 
 def _sync(device: torch.device) -> None:
@@ -169,6 +169,8 @@ def packing(data_root: Path, work: Path, packs: list[int], epochs: int, small: b
             raise SystemExit(f"packing k={k} failed:\n{out.stdout[-1500:]}\n{out.stderr[-1500:]}")
         trials = pd.concat([pd.read_parquet(p) for p in (results / spec.stem / "trials").glob("*.parquet")])
         ok = trials[trials["status"] == "ok"]
+        if len(ok) < k:
+            raise SystemExit(f"packing k={k}: {k - len(ok)} trials failed: {trials['error'].dropna().iloc[:1].tolist()}")
         train = float(ok["wall_seconds"].max())
         peak = ok["peak_gpu_memory_mb"].max() if "peak_gpu_memory_mb" in ok else float("nan")
         rows.append({"trials": k, "gpus_per_trial": 0 if small else 1 / k, "ok": len(ok), "wall_s": wall,
