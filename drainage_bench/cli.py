@@ -141,7 +141,7 @@ def train(
     use_cpu_share(cpus_per_trial)  # the thread policy of sweep and tune
     result = run_trial(config, on_epoch=show)
     record = {**result.record(), "cpus_per_trial": cpus_per_trial}
-    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise)
+    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise, result.corruptions)
     s = result.summary
     line = (f"{result.status}: test {_pct(s.get('final_test_acc'))}% | noise {_pct(result.realized_noise_rate)}% "
             f"| {result.wall_seconds:.1f}s on {result.device} | {results / name / 'trials' / (config.trial_id + '.parquet')}")
@@ -339,7 +339,7 @@ def status(
 SweepsArg = Annotated[Optional[list[str]], typer.Argument(help="Sweeps (folders under RESULTS); default: the only one there.")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option("--where", help="Keep trials with FIELD=VALUE (repeatable, AND; VALUE may be a,b: OR).")]
 LossFilter = Annotated[Optional[list[str]], typer.Option("--loss", help="Keep these losses: name or table name (repeatable).")]
-MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | final_imagenet_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
+MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | final_imagenet_acc | drainage_clean | drainage_noisy | final_test_nll | final_test_ece | corruption_error | corruption_nll | corruption_ece (per group: corruption_error_noise, ...) (default: the spec's, else final_test_acc).")]
 
 
 @app.command()

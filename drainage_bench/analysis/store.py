@@ -7,6 +7,8 @@
     <root>/<sweep>/noise/<hash>.npz            the labels trials trained on, once per content hash
                                                (noise_files.write_noise_record); records name it
                                                in their `noise_hash` column
+    <root>/<sweep>/corruptions/<trial_id>.parquet  trials with ``corruptions`` set: error, NLL, ECE per
+                                               (corruption, severity)
     <root>/<sweep>/ray/                        Ray Tune's own experiment folders
 
 Every file is written to a temporary name in the same folder and renamed into place, so a killed
@@ -42,14 +44,21 @@ class ResultsStore:
     # -- writing -----------------------------------------------------------------------------
 
     def write_trial(self, record: dict[str, Any], epochs: list[dict[str, Any]],
-                    samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None) -> Path:
-        """Write a finished (or failed) trial: its noise (once per hash), epochs and samples first,
-        the record last."""
+                    samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None,
+                    corruptions: list[dict[str, Any]] | None = None) -> Path:
+        """Write a finished (or failed) trial: its noise (once per hash), epochs, samples and
+        corruption rows first, the record last."""
         trial_id = record["trial_id"]
         if noise:
             noise_files.write_noise_record(self.path / "noise", noise)
         epochs_path = self.path / "epochs" / f"{trial_id}.parquet"
         samples_path = self.path / "samples" / f"{trial_id}.parquet"
+        corruptions_path = self.path / "corruptions" / f"{trial_id}.parquet"
+        if corruptions:
+            atomic_write_parquet(pa.Table.from_pylist([{"trial_id": trial_id, **row} for row in corruptions]),
+                                 corruptions_path)
+        else:
+            corruptions_path.unlink(missing_ok=True)
         if epochs:
             rows = [{"trial_id": trial_id, **row} for row in epochs]
             atomic_write_parquet(pa.Table.from_pylist(rows), epochs_path)
@@ -97,6 +106,10 @@ class ResultsStore:
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         return read_folder(self.path / "samples", trial_ids)
+
+    def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per (trial, corruption, severity): group, error, nll, ece."""
+        return read_folder(self.path / "corruptions", trial_ids)
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""

@@ -17,6 +17,8 @@ Models:
   ReLU, then FC -> C. Both use their initialisation: Kaiming-uniform convs, Xavier-uniform FCs.
 - ``resnet18`` / ``resnet34``: CIFAR ResNets (He et al. 2016): 3x3 stem with stride 1 and no
   max-pool, BasicBlocks [2, 2, 2, 2] / [3, 4, 6, 3] of widths 64-128-256-512, global average pool.
+- ``preact_resnet18`` / ``preact_resnet50``: pre-activation CIFAR ResNets (He et al., ECCV 2016),
+  basic blocks [2, 2, 2, 2] / bottlenecks [3, 4, 6, 3], the network of the mollification paper.
 - ``resnet50``: torchvision's ImageNet ResNet-50 (random weights, never downloaded) with its ``fc``
   replaced by the head.
 """
@@ -168,6 +170,89 @@ def resnet34(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
     return CifarResNet([3, 4, 6, 3], in_channels, head)
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut (a 1x1 conv
+    of the pre-activated input when the shape changes, else the input itself)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        out = channels * self.expansion
+        self.shortcut = (nn.Conv2d(in_channels, out, 1, stride=stride, bias=False)
+                         if stride != 1 or in_channels != out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        out = self.conv1(pre)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (4x width)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int):
+        super().__init__()
+        out = channels * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
+        self.shortcut = (nn.Conv2d(in_channels, out, 1, stride=stride, bias=False)
+                         if stride != 1 or in_channels != out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        out = self.conv1(pre)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.conv3(torch.relu(self.bn3(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet for small images (He, Zhang, Ren, Sun, "Identity mappings in deep
+    residual networks", ECCV 2016): 3x3 stride-1 stem conv, 4 stages of widths 64-128-256-512
+    (strides 1, 2, 2, 2), a final BN-ReLU, global average pool, the head. The network of the
+    mollification paper (Heinonen et al. 2025)."""
+
+    def __init__(self, block: type, blocks: list[int], in_channels: int, head: HeadFactory):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        stages, channels = [], 64
+        for index, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+            stride = 1 if index == 0 else 2
+            stage = []
+            for i in range(count):
+                stage.append(block(channels, width, stride if i == 0 else 1))
+                channels = width * block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = head(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.final(self.stages(self.stem(x))))
+
+
+def preact_resnet18(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    return PreActResNet(PreActBlock, [2, 2, 2, 2], in_channels, head)
+
+
+def preact_resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    return PreActResNet(PreActBottleneck, [3, 4, 6, 3], in_channels, head)
+
+
 def resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
     """torchvision's ResNet-50 with random weights (never downloaded); ``fc`` is the head."""
     import torchvision
@@ -186,6 +271,8 @@ MODELS: dict[str, Callable[[int, int, HeadFactory], nn.Module]] = {
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
+    "preact_resnet18": preact_resnet18,
+    "preact_resnet50": preact_resnet50,
 }
 
 
