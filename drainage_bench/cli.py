@@ -226,6 +226,16 @@ def _require_weights(configs: list) -> None:
         require_weights(config)
 
 
+def _require_corruptions(configs: list, data_root: str | None, address: str | None) -> None:
+    """Released corruption folders (CIFAR-10-C, ...) asked for by `configs` are checked before Ray starts."""
+    from drainage_bench.trainer.corruptions import RELEASED, released_files
+    from drainage_bench.trainer.data import resolve_data_root
+
+    if not address:
+        for name in sorted({c.corruptions for c in configs} & set(RELEASED)):
+            released_files(name, resolve_data_root(data_root))
+
+
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
     """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies in `storage`."""
     from drainage_bench.sweeps.search import tuned_lookup
@@ -295,6 +305,7 @@ def sweep(
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
             check_label_files(todo.todo)  # one label per training sample, before Ray starts
             _require_weights(todo.todo)
+        _require_corruptions(todo.todo, data_root, address)
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)

@@ -96,7 +96,7 @@ def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_kernel(sigma: float, radius: int | None = None) -> torch.Tensor:
-    radius = radius if radius is not None else max(1, math.ceil(4 * sigma))
+    radius = radius if radius is not None else max(1, int(4 * sigma + 0.5))  # scipy's truncate=4
     r = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-r.square() / (2 * sigma * sigma))
     g = g / g.sum()
@@ -282,17 +282,19 @@ def validate_corruptions(value: str, dataset: str) -> None:
 
 def released_files(name: str, root: Path) -> dict[str, Path]:
     """Check a released folder before training: every corruption file and ``labels.npy`` there,
-    uint8 (50000, 32, 32, 3), labels (50000,) integers within the classes. Returns name -> path."""
+    uint8 (5n, 32, 32, 3) and labels (5n,) integers within the classes (n = 10,000 in the
+    release; a smaller n with the same layout is read alike). Returns name -> path."""
     spec = RELEASED[name]
     folder = Path(root) / spec.folder
     labels = folder / "labels.npy"
     if not labels.is_file():
         raise UserError(f"corruptions={name}: {labels} is missing; put the released {spec.folder} files "
                         f"(<corruption>.npy and labels.npy) under the data root")
-    expected = (len(SEVERITIES) * RELEASED_IMAGES, 32, 32, 3)
     y = _open_npy(labels)
-    if y.shape != expected[:1] or not np.issubdtype(y.dtype, np.integer):
-        raise UserError(f"corruptions={name}: {labels} holds {y.dtype} {y.shape}, expected integers of shape {expected[:1]}")
+    if y.ndim != 1 or not y.size or y.size % len(SEVERITIES) or not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"corruptions={name}: {labels} holds {y.dtype} {y.shape}, expected integers of shape "
+                        f"({len(SEVERITIES) * RELEASED_IMAGES},): five severities of the test images")
+    expected = (y.size, 32, 32, 3)
     if y.size and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
         raise UserError(f"corruptions={name}: {labels} has labels outside 0..{spec.num_classes - 1}")
     files = {}
@@ -332,7 +334,7 @@ def cells(config, test_images: torch.Tensor, test_labels: torch.Tensor, root: Pa
 
     Synthetic: the first ``corruption_images`` test images (0: all), corrupted batch by batch,
     each cell from its own generator seeded by (trial seed, corruption index, severity).
-    Released: the file's 10,000 images of the severity (the first ``corruption_images``).
+    Released: the file's images of the severity (10,000; the first ``corruption_images``).
     """
     limit = config.corruption_images or None
     if config.corruptions == "synthetic":
@@ -352,11 +354,12 @@ def cells(config, test_images: torch.Tensor, test_labels: torch.Tensor, root: Pa
     spec = RELEASED[config.corruptions]
     files = released_files(config.corruptions, root)
     all_labels = torch.from_numpy(np.asarray(_open_npy(Path(root) / spec.folder / "labels.npy"), dtype=np.int64))
+    per_severity = len(all_labels) // len(SEVERITIES)
     for name, path in files.items():
         array = _open_npy(path)
         for severity in SEVERITIES:
-            lo = (severity - 1) * RELEASED_IMAGES
-            hi = lo + (limit or RELEASED_IMAGES)
+            lo = (severity - 1) * per_severity
+            hi = lo + min(limit or per_severity, per_severity)
 
             def batches(size, array=array, lo=lo, hi=hi):
                 for start in range(lo, hi, size):

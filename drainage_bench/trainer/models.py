@@ -12,6 +12,8 @@ Models:
 - ``cnn4``: the MNIST network of Ma et al. 2020 ("Normalized Loss Functions for Deep Learning
   with Noisy Labels", ICML; their code, ``ToyModel('MNIST')``): two blocks of
   conv 3x3 (32, then 64) + BN + ReLU + max-pool 2, then FC 128 + BN + ReLU, then FC -> C.
+- ``small_cnn``: two stride-2 conv 3x3 layers (16, 32 channels) + BN + ReLU and the head, for
+  sweeps that must run on a few CPU cores (the ``mnist-mollify`` demonstration).
 - ``cnn8``: the CIFAR-10 network of the same paper (``ToyModel('CIFAR10')``): three blocks of two
   conv 3x3 + BN + ReLU (64, 128, 196 channels) each followed by max-pool 2, then FC 256 + BN +
   ReLU, then FC -> C. Both use their initialisation: Kaiming-uniform convs, Xavier-uniform FCs.
@@ -94,6 +96,21 @@ def digits_cnn(in_channels: int, image_size: int, head: HeadFactory) -> nn.Modul
         nn.Linear(64 * side * side, 128),
         nn.ReLU(),
         head(128),
+    )
+
+
+def small_cnn(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    """A CNN small enough for CPU demonstration sweeps on 28x28 images: conv 3x3 stride 2 (16) +
+    BN + ReLU, conv 3x3 stride 2 (32) + BN + ReLU, flatten (28x28 -> 7x7x32), the head.
+    About 0.27 M multiply-adds per MNIST image (cnn4: about 4 M)."""
+    side = image_size
+    for _ in range(2):
+        side = (side + 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(),
+        head(32 * side * side),
     )
 
 
@@ -267,6 +284,7 @@ def resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
 MODELS: dict[str, Callable[[int, int, HeadFactory], nn.Module]] = {
     "digits_cnn": digits_cnn,
     "cnn4": cnn4,
+    "small_cnn": small_cnn,
     "cnn8": cnn8,
     "resnet18": resnet18,
     "resnet34": resnet34,

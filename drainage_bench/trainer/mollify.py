@@ -161,18 +161,16 @@ class Mollifier:
         t = t.to(x.dtype)
         gamma = torch.zeros_like(t)
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        out = x
-        if "noise" in self.roles:
-            is_noise = role == self.roles.index("noise")
-            a, s = noise_schedule(t)
-            noised = a[:, None, None, None] * x + s[:, None, None, None] * eps
-            out = torch.where(is_noise[:, None, None, None], noised, out)
-            gamma = torch.where(is_noise, noise_gamma(t, self.npow), gamma)
+        out = x.clone()
+        if "noise" in self.roles:  # only the rows of the role are computed (an index, no Python loop)
+            rows = (role == self.roles.index("noise")).nonzero()[:, 0]
+            a, s = noise_schedule(t[rows])
+            out[rows] = a[:, None, None, None] * x[rows] + s[:, None, None, None] * eps[rows]
+            gamma[rows] = noise_gamma(t[rows], self.npow)
         if "blur" in self.roles:
-            is_blur = role == self.roles.index("blur")
-            blurred = heat_blur(x, blur_sigma(t, x.shape[-1]))
-            out = torch.where(is_blur[:, None, None, None], blurred, out)
-            gamma = torch.where(is_blur, blur_gamma(t, self.bpow), gamma)
+            rows = (role == self.roles.index("blur")).nonzero()[:, 0]
+            out[rows] = heat_blur(x[rows], blur_sigma(t[rows], x.shape[-1]))
+            gamma[rows] = blur_gamma(t[rows], self.bpow)
         return out, soft_targets(labels, gamma, self.num_classes, self.target)
 
 
