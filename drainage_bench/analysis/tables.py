@@ -114,6 +114,12 @@ class Selection:
         parts = [p for p in parts if not p.empty]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
+    def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per (trial, corruption, severity) rows of the selected trials that evaluated corruptions."""
+        parts = [store.corruptions(ids) for store, ids in self._by_sweep(trial_ids)]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample rows (drainage_prob, is_noisy, trial_id) of the selected drainage trials."""
         parts = [store.samples([t]).assign(trial_id=t) for store, ids in self._by_sweep(trial_ids) for t in ids]
