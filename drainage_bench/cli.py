@@ -124,6 +124,7 @@ def train(
     _load(dataset, data_root, download)  # bad data fails here, before anything is shown or written
     check_label_files([config])
     _require_weights([config])
+    _require_corruptions([config], data_root, None)
     console.print(f"trial {config.trial_id}: {config.dataset} {config.loss} {config.noise_tag} "
                   f"seed {config.seed}, {config.model}, {config.epochs} epochs, lr {config.lr:g}")
 
