@@ -148,3 +148,61 @@ def test_unused_mollify_settings_do_not_change_the_trial_id() -> None:
     noise = build_config("digits", "ce", {"mollify": True, "mollify_roles": "clean,noise"})
     assert build_config("digits", "ce", {"mollify": True, "mollify_roles": "clean,noise",
                                          "mollify_bpow": 2.0}).trial_id == noise.trial_id
+
+
+@pytest.mark.parametrize("name, corruptions, model", [("mnist-mollify", "synthetic", "small_cnn"),
+                                                      ("cifar10-mollify", "cifar10-c", "preact_resnet50"),
+                                                      ("cifar100-mollify", "cifar100-c", "preact_resnet50")])
+def test_mollify_specs_carry_what_their_toml_says(name, corruptions, model) -> None:
+    from drainage_bench.sweeps.spec import load_spec
+
+    configs = load_spec(name).expand()
+    rows = {(c.label or c.loss, c.mollify, c.mollify_target if c.mollify else None) for c in configs}
+    assert rows == {("ce", False, None), ("CE + mollify", True, "classes"), ("LS", False, None),
+                    ("drainage", False, None), ("Drainage + mollify", True, "classes"),
+                    ("Drainage-sink", True, "sink")}
+    assert {c.corruptions for c in configs} == {corruptions} and {c.model for c in configs} == {model}
+    if name != "mnist-mollify":  # the paper's recipe for every loss
+        assert {(c.lr, c.momentum, c.weight_decay, c.epochs, c.batch_size, c.augment, c.schedule) for c in configs} == {
+            (0.01, 0.9, 5e-4, 300, 128, "crop_flip_rotate15", "cosine")}
+
+
+def test_evaluation_nll_and_ece_on_the_closed_softmax() -> None:
+    from sklearn.metrics import log_loss
+
+    from drainage_bench.metrics import calibration
+    from drainage_bench.trainer import loop
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=gen, dtype=torch.float64)  # 3 classes + a drainage column
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    batches = [(torch.arange(i, i + 16), torch.arange(i, min(40, i + 16))) for i in range(0, 40, 16)]
+    out = loop._evaluate(lambda idx: logits[idx], batches, labels, 3)
+    closed = torch.softmax(logits[:, :3], 1).numpy()  # the drainage column left out, renormalised
+    assert out["nll"] == pytest.approx(log_loss(labels.numpy(), closed, labels=[0, 1, 2]))
+    assert out["acc"] == pytest.approx(float((closed.argmax(1) == labels.numpy()).mean()))
+    assert out["ece"] == pytest.approx(calibration.ece(closed.max(1), closed.argmax(1) == labels.numpy()))
+
+
+@pytest.mark.slow
+def test_a_mollified_trial_with_synthetic_corruptions_end_to_end(tmp_path) -> None:
+    from drainage_bench.analysis.store import ResultsStore
+    from drainage_bench.config import build_config
+    from drainage_bench.trainer.corruptions import SYNTHETIC
+    from drainage_bench.trainer.loop import run_trial
+
+    base = {"epochs": 1, "corruptions": "synthetic", "corruption_images": 60}
+    config = build_config("digits", "drainage", {**base, "mollify": True, "mollify_target": "sink"})
+    first, again = run_trial(config), run_trial(config)
+    plain = run_trial(build_config("digits", "drainage", base))
+    assert first.status == "ok", first.error
+    assert first.epochs[0]["train_loss"] == again.epochs[0]["train_loss"]  # seeded: the same numbers
+    assert first.corruptions == again.corruptions
+    assert first.epochs[0]["train_loss"] != plain.epochs[0]["train_loss"]  # mollification changed training
+    ResultsStore(tmp_path, "t").write_trial(first.record(), first.epochs, first.samples, first.corruptions)
+    cells = ResultsStore(tmp_path, "t").corruptions()
+    assert len(cells) == len(SYNTHETIC) * 5 and set(cells["severity"]) == {1, 2, 3, 4, 5}
+    record = ResultsStore(tmp_path, "t").trials().iloc[0]
+    assert record["corruption_error"] == pytest.approx(cells["error"].mean())
+    assert record["corruption_ece_noise"] == pytest.approx(cells.loc[cells["group"] == "noise", "ece"].mean())
+    assert 0 < record["final_test_nll"] and 0 <= record["final_test_ece"] <= 1

@@ -294,7 +294,10 @@ def test_every_shipped_spec_expands_to_valid_unique_trials() -> None:
     # "CE + L1" row) x 3 seeds = 36 trials per noise setting.
     counts = {"quickstart": 6 * 3 * 2, "mnist-asym": 36 * 4, "mnist-sym": 36 * 5, "fashion-mnist-asym": 36 * 4,
               "cifar10-asym": 36 * 5, "cifar10-sym": 36 * 5, "cifar10-instance": 36 * 2, "cifar10-human": 36 * 5,
-              "cifar100-asym": 36 * 4, "cifar100-instance": 36 * 2, "cifar100-human": 36 * 1}
+              "cifar100-asym": 36 * 4, "cifar100-instance": 36 * 2, "cifar100-human": 36 * 1,
+              # 6 loss rows (CE, CE + mollify, LS, drainage, drainage + mollify, drainage-sink)
+              # x 2 noise settings (clean, sym 0.4) x 3 seeds
+              "mnist-mollify": 6 * 2 * 3, "cifar10-mollify": 6 * 2 * 3, "cifar100-mollify": 6 * 2 * 3}
     assert set(counts) <= set(builtin_specs())
     for name in builtin_specs():
         configs = load_spec(name).expand()

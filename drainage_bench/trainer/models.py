@@ -188,53 +188,42 @@ def resnet34(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus the shortcut (a 1x1 conv
-    of the pre-activated input when the shape changes, else the input itself)."""
+    """Pre-activation basic block: BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3, plus the shortcut (a
+    1x1 conv of the pre-activated input when the shape changes, else the input itself)."""
 
     expansion = 1
 
+    @staticmethod
+    def layers(in_channels: int, channels: int, out: int, stride: int) -> list[tuple[int, int, int, int]]:
+        """(in, out, kernel, stride) of each BN-ReLU-conv step."""
+        return [(in_channels, channels, 3, stride), (channels, out, 3, 1)]
+
     def __init__(self, in_channels: int, channels: int, stride: int):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         out = channels * self.expansion
+        steps = self.layers(in_channels, channels, out, stride)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(i) for i, _, _, _ in steps)
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False) for i, o, k, s in steps)
         self.shortcut = (nn.Conv2d(in_channels, out, 1, stride=stride, bias=False)
                          if stride != 1 or in_channels != out else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = torch.relu(self.bn1(x))
+        pre = torch.relu(self.bns[0](x))
         shortcut = self.shortcut(pre) if self.shortcut is not None else x
-        out = self.conv1(pre)
-        out = self.conv2(torch.relu(self.bn2(out)))
+        out = self.convs[0](pre)
+        for bn, conv in zip(self.bns[1:], self.convs[1:]):
+            out = conv(torch.relu(bn(out)))
         return out + shortcut
 
 
-class PreActBottleneck(nn.Module):
+class PreActBottleneck(PreActBlock):
     """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (4x width)."""
 
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int):
-        super().__init__()
-        out = channels * self.expansion
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(channels)
-        self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
-        self.shortcut = (nn.Conv2d(in_channels, out, 1, stride=stride, bias=False)
-                         if stride != 1 or in_channels != out else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = torch.relu(self.bn1(x))
-        shortcut = self.shortcut(pre) if self.shortcut is not None else x
-        out = self.conv1(pre)
-        out = self.conv2(torch.relu(self.bn2(out)))
-        out = self.conv3(torch.relu(self.bn3(out)))
-        return out + shortcut
+    @staticmethod
+    def layers(in_channels: int, channels: int, out: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(in_channels, channels, 1, 1), (channels, channels, 3, stride), (channels, out, 1, 1)]
 
 
 class PreActResNet(nn.Module):
