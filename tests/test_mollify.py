@@ -176,7 +176,7 @@ def test_evaluation_nll_and_ece_on_the_closed_softmax() -> None:
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(40, 4, generator=gen, dtype=torch.float64)  # 3 classes + a drainage column
     labels = torch.randint(0, 3, (40,), generator=gen)
-    batches = [(torch.arange(i, i + 16), torch.arange(i, min(40, i + 16))) for i in range(0, 40, 16)]
+    batches = [(torch.arange(i, min(40, i + 16)),) * 2 for i in range(0, 40, 16)]  # (idx, "images" = idx)
     out = loop._evaluate(lambda idx: logits[idx], batches, labels, 3)
     closed = torch.softmax(logits[:, :3], 1).numpy()  # the drainage column left out, renormalised
     assert out["nll"] == pytest.approx(log_loss(labels.numpy(), closed, labels=[0, 1, 2]))
