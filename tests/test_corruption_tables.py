@@ -34,7 +34,7 @@ def store(tmp_path):
             record("ls", "LS", "none", 0.0, 1, 0.93, final_test_nll=0.22, final_test_ece=0.02)]
     s = ResultsStore(tmp_path, SWEEP)
     for i, row in enumerate(rows):
-        s.write_trial({**row, "sweep": SWEEP}, [], None, corruption_rows(0.1 * (i % 2)))
+        s.write_trial({**row, "sweep": SWEEP}, [], corruptions=corruption_rows(0.1 * (i % 2)))
     return tmp_path
 
 

@@ -191,7 +191,7 @@ def test_a_mollified_trial_with_synthetic_corruptions_end_to_end(tmp_path) -> No
     from drainage_bench.trainer.corruptions import SYNTHETIC
     from drainage_bench.trainer.loop import run_trial
 
-    base = {"epochs": 1, "corruptions": "synthetic", "corruption_images": 60}
+    base = {"epochs": 1, "corruptions": "synthetic", "corruption_images": 20}
     config = build_config("digits", "drainage", {**base, "mollify": True, "mollify_target": "sink"})
     first, again = run_trial(config), run_trial(config)
     plain = run_trial(build_config("digits", "drainage", base))
@@ -199,7 +199,7 @@ def test_a_mollified_trial_with_synthetic_corruptions_end_to_end(tmp_path) -> No
     assert first.epochs[0]["train_loss"] == again.epochs[0]["train_loss"]  # seeded: the same numbers
     assert first.corruptions == again.corruptions
     assert first.epochs[0]["train_loss"] != plain.epochs[0]["train_loss"]  # mollification changed training
-    ResultsStore(tmp_path, "t").write_trial(first.record(), first.epochs, first.samples, first.corruptions)
+    ResultsStore(tmp_path, "t").write_trial(first.record(), first.epochs, first.samples, corruptions=first.corruptions)
     cells = ResultsStore(tmp_path, "t").corruptions()
     assert len(cells) == len(SYNTHETIC) * 5 and set(cells["severity"]) == {1, 2, 3, 4, 5}
     record = ResultsStore(tmp_path, "t").trials().iloc[0]
