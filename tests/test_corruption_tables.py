@@ -63,3 +63,11 @@ def test_severity_curves_by_hand(store) -> None:
     assert curves.loc[("CE", "error", 3), "std"] == pytest.approx(math.sqrt(2) * 0.05)
     assert curves.loc[("LS", "ece", 5), "mean"] == pytest.approx(0.05)
     assert P.corruption_severity(T.load_selection(store, [SWEEP])) is not None
+
+
+def test_nll_differences_are_in_units_of_the_metric(store) -> None:
+    selection = T.load_selection(store, [SWEEP])
+    data = T.add_comparison(T.aggregate(selection, "final_test_nll"), selection, "CE")
+    # LS - CE by seed: 0.20 - 0.30 = -0.10, 0.22 - 0.40 = -0.18 -> mean -0.14 (not -14.00)
+    text = T.comparison_text(data, "LS", data.cell("LS", "digits:clean"))
+    assert text.startswith(" Δ -0.14 [")

@@ -730,8 +730,8 @@ def add_comparison(data: TableData, selection: Selection, reference: str,
     return data
 
 
-def _signed(x: float) -> str:
-    return f"{100 * x:+.{DIGITS}f}"
+def _signed(x: float, factor: float = 100.0) -> str:
+    return f"{factor * x:+.{DIGITS}f}"
 
 
 def comparison_text(data: TableData, row: str, cell: pd.Series) -> str:
@@ -743,10 +743,11 @@ def comparison_text(data: TableData, row: str, cell: pd.Series) -> str:
     n = int(cell["n_pairs"])
     if n == 0:
         return "" if cell["n"] == 0 else " Δ —"
+    f = scale(data.metric)  # percentage points, or units of a metric that is not a fraction (NLL)
     if n == 1:
-        return f" Δ {_signed(cell['diff'])} (1 pair)"
+        return f" Δ {_signed(cell['diff'], f)} (1 pair)"
     mark = SIGNIFICANT if cell["diff_excludes_zero"] else ""
-    return f" Δ {_signed(cell['diff'])} [{_signed(cell['diff_low'])}, {_signed(cell['diff_high'])}]{mark}"
+    return f" Δ {_signed(cell['diff'], f)} [{_signed(cell['diff_low'], f)}, {_signed(cell['diff_high'], f)}]{mark}"
 
 
 def comparison_notes(data: TableData) -> list[str]:

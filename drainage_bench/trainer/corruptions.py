@@ -364,7 +364,7 @@ def cells(config, test_images: torch.Tensor, test_labels: torch.Tensor, root: Pa
             def batches(size, array=array, lo=lo, hi=hi):
                 for start in range(lo, hi, size):
                     stop = min(hi, start + size)
-                    x = torch.from_numpy(np.ascontiguousarray(array[start:stop])).permute(0, 3, 1, 2)
+                    x = torch.from_numpy(np.array(array[start:stop])).permute(0, 3, 1, 2)  # a copy of the mapped file
                     yield x.to(device), all_labels[start:stop].to(device)
 
             yield CorruptedBatches(name, spec.names[name], severity, batches)
