@@ -23,6 +23,8 @@ class Metric:
     short: str = ""       # a column header where a table shows several metrics side by side
 
 
+CORRUPTION_GROUPS = ("noise", "blur", "weather", "digital")  # the groups of Hendrycks & Dietterich 2019
+
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("final_test_acc", "final_test_acc", "final test accuracy"),
     Metric("test_acc_at_best_val", "test_acc_at_best_val", "test accuracy at the best validation epoch",
@@ -42,6 +44,19 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "share of clean training samples drained", higher_is_better=False, applies="drainage trials"),
     Metric("drainage_noisy", "final_drainage_share_noisy", "share of mislabeled training samples drained",
            applies="drainage trials"),
+    # Calibration (metrics/calibration.py), every trial; drainage models on the closed C-class softmax.
+    Metric("final_test_nll", "final_test_nll", "final test NLL", higher_is_better=False, percent=False),
+    Metric("final_test_ece", "final_test_ece", "final test ECE (15 bins)", higher_is_better=False),
+    Metric("test_nll_at_best_val", "test_nll_at_best_val", "test NLL at the best validation epoch",
+           higher_is_better=False, percent=False, applies="trials with a validation split"),
+    Metric("test_ece_at_best_val", "test_ece_at_best_val", "test ECE at the best validation epoch",
+           higher_is_better=False, applies="trials with a validation split"),
+    # Corrupted test sets (trainer/corruptions.py): means over every corruption x severity cell, or a group's.
+    *(Metric(f"corruption_{key}{suffix}", f"corruption_{key}{suffix}",
+             f"{title} on corrupted test images{' (' + group + ')' if group else ''}",
+             higher_is_better=False, percent=key != "nll", applies="trials with corruptions set")
+      for key, title in (("error", "error"), ("nll", "NLL"), ("ece", "ECE"))
+      for group, suffix in (("", ""), *((g, f"_{g}") for g in CORRUPTION_GROUPS))),
 )}
 # Open-set trials (trainer/openset.py, formulas in metrics/openset.py): one metric per (formula,
 # score); every score is oriented higher = more unknown.

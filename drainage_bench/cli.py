@@ -124,6 +124,7 @@ def train(
     _load(dataset, data_root, download)  # bad data fails here, before anything is shown or written
     check_label_files([config])
     _require_weights([config])
+    _require_corruptions([config], data_root, None)
     console.print(f"trial {config.trial_id}: {config.dataset} {config.loss} {config.noise_tag} "
                   f"seed {config.seed}, {config.model}, {config.epochs} epochs, lr {config.lr:g}")
 
@@ -141,7 +142,8 @@ def train(
     use_cpu_share(cpus_per_trial)  # the thread policy of sweep and tune
     result = run_trial(config, on_epoch=show)
     record = {**result.record(), "cpus_per_trial": cpus_per_trial}
-    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise, openset=result.openset)
+    ResultsStore(results, name).write_trial(record, result.epochs, result.samples, result.noise,
+                                            openset=result.openset, corruptions=result.corruptions)
     s = result.summary
     line = (f"{result.status}: test {_pct(s.get('final_test_acc'))}% | noise {_pct(result.realized_noise_rate)}% "
             f"| {result.wall_seconds:.1f}s on {result.device} | {results / name / 'trials' / (config.trial_id + '.parquet')}")
@@ -226,6 +228,16 @@ def _require_weights(configs: list) -> None:
         require_weights(config)
 
 
+def _require_corruptions(configs: list, data_root: str | None, address: str | None) -> None:
+    """Released corruption folders (CIFAR-10-C, ...) asked for by `configs` are checked before Ray starts."""
+    from drainage_bench.trainer.corruptions import RELEASED, released_files
+    from drainage_bench.trainer.data import resolve_data_root
+
+    if not address:
+        for name in sorted({c.corruptions for c in configs} & set(RELEASED)):
+            released_files(name, resolve_data_root(data_root))
+
+
 def _expand(spec, data_root: str | None, storage: str | None, results: Path, overrides: dict | None = None):
     """The spec's TrialConfigs; `params = "tuned"` entries read the Optuna studies in `storage`."""
     from drainage_bench.sweeps.search import tuned_lookup
@@ -297,6 +309,7 @@ def sweep(
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
             check_label_files(todo.todo)  # one label per training sample, before Ray starts
             _require_weights(todo.todo)
+        _require_corruptions(todo.todo, data_root, address)
         for other in sorted({c.openset[3:] for c in todo.todo if c.openset.startswith("vs:")}):
             _require_dataset(other, data_root, address)  # cross-dataset open-set unknowns
     record_expected(store, spec, configs)  # what `table` and `status` read as the sweep's trial list
@@ -355,7 +368,7 @@ def status(
 SweepsArg = Annotated[Optional[list[str]], typer.Argument(help="Sweeps (folders under RESULTS); default: the only one there.")]
 WhereOpt = Annotated[Optional[list[str]], typer.Option("--where", help="Keep trials with FIELD=VALUE (repeatable, AND; VALUE may be a,b: OR).")]
 LossFilter = Annotated[Optional[list[str]], typer.Option("--loss", help="Keep these losses: name or table name (repeatable).")]
-MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | final_imagenet_acc | drainage_clean | drainage_noisy (default: the spec's, else final_test_acc).")]
+MetricOpt = Annotated[Optional[str], typer.Option(help="final_test_acc | test_acc_at_best_val | best_val_acc | final_val_acc | best_test_acc (selected on the test set) | last10_test_acc | final_imagenet_acc | drainage_clean | drainage_noisy | final_test_nll | final_test_ece | corruption_error | corruption_nll | corruption_ece (per group: corruption_error_noise, ...) (default: the spec's, else final_test_acc).")]
 
 
 @app.command()

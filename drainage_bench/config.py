@@ -80,6 +80,17 @@ class TrialConfig:
     # training samples with random known labels.
     openset: str = ""
     openset_unknown_train: str = "drop"
+    # Supervised mollification (trainer/mollify.py); the mollify_* settings count only with mollify on.
+    mollify: bool = False
+    mollify_roles: str = "clean,noise,blur"
+    mollify_beta: float = 2.0
+    mollify_npow: float = 1.0
+    mollify_bpow: float = 1.0
+    mollify_target: str = "classes"
+    # Corrupted test sets evaluated after training (trainer/corruptions.py): "" none, "synthetic",
+    # "cifar10-c", ...; corruption_images > 0 evaluates only the first that many test images.
+    corruptions: str = ""
+    corruption_images: int = 0
     # Not part of the trial's identity (see NOT_HASHED): where and how it runs, how it is shown.
     device: str = "auto"
     data_root: str | None = None
@@ -112,6 +123,14 @@ class TrialConfig:
             unused |= {"step_size", "step_gamma"}
         if self.val_fraction == 0:
             unused |= {"val_labels", "split_seed"}
+        if not self.mollify:
+            unused |= MOLLIFY_SETTINGS
+        else:
+            roles = self.mollify_roles.split(",")
+            unused |= {"mollify_npow"} if "noise" not in roles else set()
+            unused |= {"mollify_bpow"} if "blur" not in roles else set()
+        if not self.corruptions:
+            unused |= {"corruption_images"}
         out = {}
         for f in dataclasses.fields(self):
             if f.name in unused:
@@ -159,6 +178,7 @@ IDENTITY_V1 = frozenset({
     "dataset", "loss", "model", "epochs", "lr", "loss_params", "noise", "noise_rate", "noise_key", "seed",
     "batch_size", "optimizer", "momentum", "schedule", "step_size", "step_gamma", "weight_decay", "l1_delta",
     "grad_clip", "augment", "val_fraction", "val_labels", "split_seed", "eval_every", "drainage_logit", "amp"})
+MOLLIFY_SETTINGS = frozenset({"mollify_roles", "mollify_beta", "mollify_npow", "mollify_bpow", "mollify_target"})
 FIELDS = {f.name: f for f in dataclasses.fields(TrialConfig)}
 FIELD_TYPES = {
     name: (int if f.type == "int" else float if f.type in ("float", "float | None") else str)
@@ -178,7 +198,7 @@ def _check(condition: bool, field_name: str, value: Any, expected: str) -> None:
 
 def _validate(c: TrialConfig) -> None:
     # Imported here: the registries import torch, and config must stay cheap to import.
-    from drainage_bench.trainer import augment, data, losses, models, noise
+    from drainage_bench.trainer import augment, corruptions, data, losses, models, mollify, noise
 
     _check(c.dataset in data.DATASETS, "dataset", c.dataset, did_you_mean(c.dataset, data.DATASETS))
     _check(c.loss in losses.LOSSES, "loss", c.loss, did_you_mean(c.loss, losses.LOSSES))
@@ -207,6 +227,18 @@ def _validate(c: TrialConfig) -> None:
         _check(_finite(getattr(c, name)) and getattr(c, name) >= 0, name, getattr(c, name), "a number >= 0")
     _check(_finite(c.val_fraction) and 0 <= c.val_fraction < 1, "val_fraction", c.val_fraction, "a fraction in [0, 1) (0.2 = the 80/20 split)")
     _check(c.schedule != "step" or c.step_size >= 1, "step_size", c.step_size, "an integer >= 1 with schedule=step")
+    _check(isinstance(c.mollify, bool), "mollify", c.mollify, "true or false (supervised mollification)")
+    # checked even with mollify off (a typo is still a typo); they enter the hash only with it on
+    object.__setattr__(c, "mollify_roles", ",".join(mollify.parse_roles(c.mollify_roles)))
+    for name in ("mollify_beta", "mollify_npow", "mollify_bpow"):
+        _check(_finite(getattr(c, name)) and getattr(c, name) > 0, name, getattr(c, name), "a number > 0")
+    _check(c.mollify_target in mollify.TARGETS, "mollify_target", c.mollify_target,
+           did_you_mean(c.mollify_target, mollify.TARGETS))
+    _check(not c.mollify or c.mollify_target != "sink" or losses.LOSSES[c.loss].extra_outputs == 1,
+           "mollify_target", c.mollify_target, "sink puts the smoothing mass on the drainage output: only for loss=drainage")
+    corruptions.validate_corruptions(c.corruptions, c.dataset)
+    _check(_integer(c.corruption_images) and c.corruption_images >= 0, "corruption_images", c.corruption_images,
+           "an integer >= 0 (0: the whole test set)")
     if c.drainage_logit is not None:
         _check(_finite(c.drainage_logit), "drainage_logit", c.drainage_logit,
                "a finite number (a constant drainage logit has no default: name it, e.g. drainage_logit=2.0), "

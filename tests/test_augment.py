@@ -128,6 +128,14 @@ def test_crop_flip_rotate_is_crop_flip_then_rotation_by_the_next_draws():
     assert not torch.allclose(out, make_augment("crop_flip")(x, gen(9)))
 
 
+def test_crop_flip_rotate15_rotates_by_at_most_15_degrees():
+    x = images(batch=16)
+    out = make_augment("crop_flip_rotate15")(x, gen(9))
+    replay = gen(9)
+    expected = rotate(make_augment("crop_flip")(x, replay), random_angles(16, replay, x.device, max_degrees=15.0))
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(AUGMENTS))
 def test_same_seed_same_output(name):
     x = images()
@@ -151,5 +159,5 @@ def test_augment_keeps_shape_and_dtype():
 
 
 def test_unknown_augmentation_is_a_user_error():
-    with pytest.raises(UserError, match="unknown augmentation 'mixup'; valid: crop, crop_flip, crop_flip_rotate, cutout, flip_jitter, none"):
+    with pytest.raises(UserError, match="unknown augmentation 'mixup'; valid: crop, crop_flip, crop_flip_rotate, crop_flip_rotate15, cutout, flip_jitter, none"):
         make_augment("mixup")

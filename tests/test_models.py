@@ -14,6 +14,9 @@ SHAPES = {
     "resnet18": (3, 32),
     "resnet34": (3, 32),
     "resnet50": (3, 32),
+    "small_cnn": (1, 28),
+    "preact_resnet18": (3, 32),
+    "preact_resnet50": (3, 32),
 }
 
 
@@ -90,6 +93,14 @@ def test_resnet_parameter_counts_match_the_published_sizes():
     assert count(make_model("resnet34", 10, 3, 32)) == 21_282_122
     # torchvision's ResNet-50 has 25,557,032 parameters with its 1000-way fc (2048*1000 + 1000).
     assert count(make_model("resnet50", 14, 3, 224)) == 25_557_032 - 2048 * 1000 - 1000 + 2048 * 14 + 14
+
+
+def test_small_cnn_and_preact_resnet18_parameter_counts():
+    # small_cnn: conv 1->16 (9*16 + 16 bias + 32 BN), conv 16->32 (9*16*32 + 32 + 64), head 7*7*32 -> 10
+    assert count(make_model("small_cnn", 10, 1, 28)) == (144 + 16 + 32) + (4608 + 32 + 64) + (1568 * 10 + 10)
+    # PreActResNet18 of kuangliu/pytorch-cifar has 11,171,146 parameters (10 classes); ours adds the
+    # final BN-ReLU of He et al. 2016 (2 * 512)
+    assert count(make_model("preact_resnet18", 10, 3, 32)) == 11_171_146 + 2 * 512
 
 
 def test_resnet50_accepts_grey_images():

@@ -54,7 +54,9 @@ def test_files_are_png_and_pdf(hand, tmp_path):
 def test_without_epochs_or_samples_those_figures_are_left_out(hand, tmp_path):
     paths, notes = P.make_figures(hand, tmp_path)
     assert sorted(p.name for p in paths) == ["final_test_acc_vs_noise.pdf", "final_test_acc_vs_noise.png"]
-    assert len(notes) == 3 and all("not drawn" in n for n in notes)  # curves, histograms, CD (one column)
+    # curves, histograms, CD (one column), corruption severity
+    assert len(notes) == 4 and all("not drawn" in n for n in notes)
+    assert "corruption_severity: not drawn (no trial evaluated corruptions)" in notes
 
 
 def test_default_folder():

@@ -265,13 +265,13 @@ def test_the_search_never_evaluates_on_the_test_set(tmp_path: Path, monkeypatch)
         return [(t.params, t.value, t.intermediate_values) for t in study.trials]
 
     sizes = []
-    accuracy = loop._accuracy
+    evaluate = loop._evaluate
 
-    def counted(forward, batches, labels, n, *args):
-        sizes.append(n)
-        return accuracy(forward, batches, labels, n, *args)
+    def counted(forward, batches, labels, *args):
+        sizes.append(len(labels))
+        return evaluate(forward, batches, labels, *args)
 
-    monkeypatch.setattr(loop, "_accuracy", counted)
+    monkeypatch.setattr(loop, "_evaluate", counted)
     clean = run(f"sqlite:///{tmp_path / 'clean.db'}")
     # 2 trials x 2 epochs, each on the validation part (20% of 1,257), never the 540 test images
     assert len(sizes) == 4 and len(set(sizes)) == 1 and 240 < sizes[0] < 260

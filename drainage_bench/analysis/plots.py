@@ -6,6 +6,9 @@
 - `learning_curves`: for one noise setting, one panel per loss: test accuracy, training accuracy
   against the clean labels and against the noisy labels trained on, and the share of mislabeled
   training samples predicted as their wrong label (memorisation), per epoch, mean over seeds.
+- `corruption_severity`: error and ECE against the corruption severity (0 = the clean test set),
+  one line per loss, per noise setting: each trial's mean over corruptions, then mean ± std over
+  seeds (trials run with ``corruptions`` set).
 - `drainage_histograms`: for drainage runs, the distribution of the drainage probability at the
   end of training for clean vs mislabeled training samples (pooled over seeds, each group
   normalised to 100%).
@@ -223,6 +226,62 @@ def drainage_histograms(selection: Selection, setting: str | None = None, bins: 
 
 
 # ---------------------------------------------------------------------------------------------
+# Corruption severity
+
+SEVERITY_PANELS = (("error", "final_test_acc", "error (%)"), ("ece", "final_test_ece", "ECE, 15 bins (%)"))
+
+
+def severity_curves(selection: Selection) -> pd.DataFrame:
+    """Per (row, column, metric, severity): mean and sample std over seeds of the trial's mean over
+    corruptions; severity 0 is the clean test set (1 - final_test_acc, final_test_ece)."""
+    ok = selection.ok
+    cells = selection.corruptions(ok["trial_id"])
+    if cells.empty:
+        return pd.DataFrame()
+    ok = ok[ok["trial_id"].isin(set(cells["trial_id"]))]
+    per_trial = cells.groupby(["trial_id", "severity"])[["error", "ece"]].mean().reset_index()
+    clean = pd.DataFrame({"trial_id": ok["trial_id"], "severity": 0,
+                          "error": 1 - pd.to_numeric(ok["final_test_acc"]), "ece": pd.to_numeric(ok["final_test_ece"])})
+    per_trial = pd.concat([clean, per_trial], ignore_index=True).merge(ok[["trial_id", "row", "column"]], on="trial_id")
+    long = per_trial.melt(id_vars=["trial_id", "row", "column", "severity"], value_vars=["error", "ece"],
+                          var_name="metric")
+    return long.groupby(["row", "column", "metric", "severity"])["value"].agg(
+        mean="mean", std=lambda v: v.std(ddof=1), n="count").reset_index()
+
+
+def corruption_severity(selection: Selection) -> Figure | None:
+    """Error and ECE against corruption severity (0 = clean test set), one line per loss, one column
+    of panels per noise setting; each point the mean over corruptions, then mean ± std over seeds."""
+    curves = severity_curves(selection)
+    if curves.empty:
+        return None
+    columns = [c for c in selection.columns.values() if c.id in set(curves["column"])]
+    fig, axes = plt.subplots(len(SEVERITY_PANELS), len(columns), figsize=(4.4 * len(columns), 3.3 * len(SEVERITY_PANELS)),
+                             squeeze=False, layout="constrained")
+    colors = loss_colors(selection.row_order)
+    for j, column in enumerate(columns):
+        for i, (metric, _, label) in enumerate(SEVERITY_PANELS):
+            ax = axes[i, j]
+            for row in selection.row_order:
+                part = curves[(curves["row"] == row) & (curves["column"] == column.id) & (curves["metric"] == metric)]
+                if part.empty:
+                    continue
+                x, mean, std = part["severity"].to_numpy(), 100 * part["mean"].to_numpy(), 100 * part["std"].to_numpy()
+                ax.plot(x, mean, marker="o", ms=3, color=colors[row], label=row)
+                ax.fill_between(x, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=colors[row], alpha=0.12)
+            ax.set_title(f"{column.dataset}, {_setting_name(column)}", fontsize=9)
+            ax.set_xlabel("corruption severity (0 = clean test set)")
+            ax.set_ylabel(label)
+            ax.set_xticks(range(6))
+            ax.grid(alpha=0.3)
+    _legend(fig, axes.flat, "loss")
+    seeds = ", ".join(sorted({f"n = {int(n)}" for n in curves["n"]}))
+    fig.suptitle(f"Corrupted test images: mean over corruptions per severity, mean ± std over seeds ({seeds}) "
+                 f"— {', '.join(selection.sweeps)}", fontsize=10)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -265,6 +324,7 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
                                  "no drainage run with per-sample records under noise"),
         f"critical_difference_{metric_.name}": (critical_difference_figure(selection, metric_),
                                                  "fewer than 3 losses or 2 columns with a value for every loss"),
+        "corruption_severity": (corruption_severity(selection), "no trial evaluated corruptions"),
     }
     from drainage_bench.analysis.openset_plots import openset_figures  # it imports this module
 

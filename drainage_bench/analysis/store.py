@@ -9,6 +9,8 @@
                                                in their `noise_hash` column
     <root>/<sweep>/openset/<trial_id>.parquet  per open-set test sample (open-set runs only): is_unknown,
                                                labels, prediction, scores (higher = more unknown)
+    <root>/<sweep>/corruptions/<trial_id>.parquet  trials with ``corruptions`` set: error, NLL, ECE per
+                                               (corruption, severity)
     <root>/<sweep>/ray/                        Ray Tune's own experiment folders
 
 Every file is written to a temporary name in the same folder and renamed into place, so a killed
@@ -57,28 +59,26 @@ class ResultsStore:
 
     def write_trial(self, record: dict[str, Any], epochs: list[dict[str, Any]],
                     samples: dict[str, Any] | None = None, noise: dict[str, Any] | None = None,
-                    openset: dict[str, Any] | None = None) -> Path:
-        """Write a finished (or failed) trial: its noise (once per hash), epochs, samples and open-set
-        scores first, the record last."""
+                    openset: dict[str, Any] | None = None, corruptions: list[dict[str, Any]] | None = None) -> Path:
+        """Write a finished (or failed) trial: its noise (once per hash), epochs, samples, open-set
+        scores and corruption rows first, the record last. A part that is absent is removed (a
+        retried trial must not keep the files of its earlier run)."""
         trial_id = record["trial_id"]
         if noise:
             noise_files.write_noise_record(self.path / "noise", noise)
-        epochs_path = self.path / "epochs" / f"{trial_id}.parquet"
-        samples_path = self.path / "samples" / f"{trial_id}.parquet"
-        openset_path = self.path / "openset" / f"{trial_id}.parquet"
-        if openset:
-            atomic_write_parquet(pa.table(openset), openset_path)
-        else:
-            openset_path.unlink(missing_ok=True)
-        if epochs:
-            rows = [{"trial_id": trial_id, **row} for row in epochs]
-            atomic_write_parquet(pa.Table.from_pylist(rows), epochs_path)
-        else:  # a retried trial must not keep the epochs of its earlier run
-            epochs_path.unlink(missing_ok=True)
-        if samples:
-            atomic_write_parquet(pa.table(samples), samples_path)
-        else:
-            samples_path.unlink(missing_ok=True)
+        rows = {
+            "epochs": pa.Table.from_pylist([{"trial_id": trial_id, **row} for row in epochs]) if epochs else None,
+            "samples": pa.table(samples) if samples else None,
+            "openset": pa.table(openset) if openset else None,
+            "corruptions": pa.Table.from_pylist([{"trial_id": trial_id, **row} for row in corruptions])
+            if corruptions else None,
+        }
+        for kind, table in rows.items():
+            path = self.path / kind / f"{trial_id}.parquet"
+            if table is not None:
+                atomic_write_parquet(table, path)
+            else:
+                path.unlink(missing_ok=True)
         flat = {k: (json.dumps(v, sort_keys=True) if isinstance(v, dict) else v) for k, v in record.items()}
         return atomic_write_parquet(pa.Table.from_pylist([flat]), self.trial_path(trial_id))
 
@@ -144,6 +144,10 @@ class ResultsStore:
     def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""
         return read_folder(self.path / "openset", trial_ids)
+
+    def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per (trial, corruption, severity): group, error, nll, ece."""
+        return self.read("corruptions", trial_ids)
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""

@@ -131,6 +131,12 @@ class Selection:
         parts = [p for p in parts if not p.empty]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
+    def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per (trial, corruption, severity) rows of the selected trials that evaluated corruptions."""
+        parts = [store.corruptions(ids) for store, ids in self._by_sweep(trial_ids)]
+        parts = [p for p in parts if not p.empty]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample rows (drainage_prob, is_noisy, trial_id) of the selected drainage trials."""
         parts = [store.samples([t]).assign(trial_id=t) for store, ids in self._by_sweep(trial_ids) for t in ids]
@@ -480,7 +486,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
         raise UserError(f"metric {metric.name} does not apply to any selected trial; "
                         "the drainage shares exist for drainage losses only")
     cells = cells.loc[rows]
-    cells["rank"] = _ranks(cells, metric.higher_is_better)
+    cells["rank"] = _ranks(cells, metric.higher_is_better, scale(metric))
     counts = Counter(cells.loc[cells["n"] > 0, "n"])
     n_ref = max(counts, key=lambda n: (counts[n], n)) if counts else 0
     realized = trials.groupby("column")["realized_noise_rate"].mean() if "realized_noise_rate" in trials else {}
@@ -527,12 +533,23 @@ def aggregate_metrics(selection: Selection, metrics: list[str] | None = None) ->
         dropped_rows=[], notes=notes, replicates=first.replicates)
 
 
-def _ranks(cells: pd.DataFrame, higher_is_better: bool) -> pd.Series:
+def scale(metric: Metric) -> float:
+    """100 for a fraction shown in percent, 1 for a metric that is not one (NLL)."""
+    return 100.0 if metric.percent else 1.0
+
+
+def column_scale(data: "TableData", column: Column) -> float:
+    """`scale` of the metric a column shows (its own in a table of several metrics)."""
+    name = getattr(column, "metric", "")
+    return scale(METRICS[name]) if name in METRICS else scale(data.metric)
+
+
+def _ranks(cells: pd.DataFrame, higher_is_better: bool, factor: float = 100.0) -> pd.Series:
     """1 for the best mean of each column, 2 for the next distinct one, 0 otherwise; means are
     compared as shown (rounded), so cells that look tied are ranked alike. A column with fewer
     than two rows with a value ranks nothing."""
     rank = pd.Series(0, index=cells.index, dtype=int)
-    shown = (100 * cells["mean"]).round(DIGITS)
+    shown = (factor * cells["mean"]).round(DIGITS)
     for column, values in shown.groupby(level="column"):
         values = values.dropna()
         if len(values) < 2:
@@ -557,15 +574,17 @@ def _failures(trials: pd.DataFrame, limit: int = 5) -> list[str]:
 # Cell text and footnotes, shared by the formatters
 
 
-def _num(x: float) -> str:
-    return f"{100 * x:.{DIGITS}f}"
+def _num(x: float, factor: float = 100.0) -> str:
+    return f"{factor * x:.{DIGITS}f}"
 
 
-def cell_text(cell: pd.Series) -> str:
-    """``85.12 ± 0.31``; ``85.12`` for one seed; ``—`` with no finished trial; ``n/a``."""
+def cell_text(cell: pd.Series, factor: float = 100.0) -> str:
+    """``85.12 ± 0.31``; ``85.12`` for one seed; ``—`` with no finished trial; ``n/a``.
+    `factor` is `scale(metric)`: percent, or the value itself (NLL)."""
     if cell["n"] == 0:
         return "n/a" if cell["n_na"] > 0 and cell["n_failed"] == 0 and cell["n_missing"] == 0 else "—"
-    return _num(cell["mean"]) if cell["n"] < 2 else f"{_num(cell['mean'])} ± {_num(cell['std'])}"
+    return (_num(cell["mean"], factor) if cell["n"] < 2
+            else f"{_num(cell['mean'], factor)} ± {_num(cell['std'], factor)}")
 
 
 def seed_note(cell: pd.Series, n_ref: int) -> str:
@@ -578,14 +597,15 @@ def seed_note(cell: pd.Series, n_ref: int) -> str:
 def caption(data: TableData) -> str:
     seeds = f"{data.n_ref} seed{'s' if data.n_ref != 1 else ''}" if data.replicates == "seeds" else \
         f"{data.n_ref} {data.replicates}"
-    return (f"{data.metric.title} (%), mean ± std over {seeds}"
+    return (f"{data.metric.title}{' (%)' if data.metric.percent else ''}, mean ± std over {seeds}"
             f" — {', '.join(data.sweeps)}")
 
 
 def footnotes(data: TableData, best: str, second: str) -> list[str]:
     """The footnotes of every format; `best` / `second` say how those cells are marked."""
     direction = "highest" if data.metric.higher_is_better else "lowest"
-    notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over {data.replicates}, in percent; one seed shows the mean "
+    unit = "in percent" if data.metric.percent else "as values (not percent)"
+    notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over {data.replicates}, {unit}; one seed shows the mean "
              f"alone; n=k marks a cell whose number of seeds is not {data.n_ref} or that has missing/failed seeds.",
              f"{best}: {direction} mean of the column; {second}: second {direction} (compared as shown)."]
     cells = data.cells
@@ -663,7 +683,7 @@ def format_terminal(data: TableData, styled: bool = False, width: int = 200) -> 
         texts = []
         for c in data.columns:
             cell = data.cell(row, c.id)
-            text = cell_text(cell)
+            text = cell_text(cell, column_scale(data, c))
             note = seed_note(cell, data.n_ref)
             style = {1: "bold", 2: "underline"}.get(cell["rank"], "") if styled else ""
             mark = "" if styled else {1: "*", 2: "†"}.get(cell["rank"], "")
@@ -698,7 +718,7 @@ def format_markdown(data: TableData) -> str:
         cells = []
         for c in data.columns:
             cell = data.cell(row, c.id)
-            text = cell_text(cell)
+            text = cell_text(cell, column_scale(data, c))
             text = {1: f"**{text}**", 2: f"*{text}*"}.get(cell["rank"], text)
             note = seed_note(cell, data.n_ref)
             cells.append(text + (f" <sub>{note}</sub>" if note else "") + _md_escape(comparison_text(data, row, cell)))
@@ -747,7 +767,7 @@ def format_latex(data: TableData, standalone: bool = False) -> str:
         cells = [latex_escape(row)]
         for c in data.columns:
             cell = data.cell(row, c.id)
-            text = latex_escape(cell_text(cell))
+            text = latex_escape(cell_text(cell, column_scale(data, c)))
             text = {1: rf"\textbf{{{text}}}", 2: rf"\underline{{{text}}}"}.get(cell["rank"], text)
             note = seed_note(cell, data.n_ref)
             cells.append(text + (rf"\textsuperscript{{{note}}}" if note else "")
@@ -776,7 +796,8 @@ def tidy(data: TableData) -> pd.DataFrame:
             records.append({
                 "loss": row, "dataset": c.dataset, "noise": c.noise, "noise_rate": c.rate, "noise_key": c.key,
                 "column": c.id, "metric": getattr(c, "metric", "") or data.metric.name,
-                "mean_pct": 100 * cell["mean"], "std_pct": 100 * cell["std"], "n": int(cell["n"]),
+                "mean_pct": column_scale(data, c) * cell["mean"], "std_pct": column_scale(data, c) * cell["std"],
+                "n": int(cell["n"]),
                 "n_failed": int(cell["n_failed"]), "n_missing": int(cell["n_missing"]), "n_na": int(cell["n_na"]),
                 "rank": int(cell["rank"]), "realized_noise_pct": 100 * data.realized.get(c.id, math.nan),
                 **statistics_fields(data, row, cell)})
@@ -861,8 +882,8 @@ def add_comparison(data: TableData, selection: Selection, reference: str,
     return data
 
 
-def _signed(x: float) -> str:
-    return f"{100 * x:+.{DIGITS}f}"
+def _signed(x: float, factor: float = 100.0) -> str:
+    return f"{factor * x:+.{DIGITS}f}"
 
 
 def comparison_text(data: TableData, row: str, cell: pd.Series) -> str:
@@ -874,10 +895,11 @@ def comparison_text(data: TableData, row: str, cell: pd.Series) -> str:
     n = int(cell["n_pairs"])
     if n == 0:
         return "" if cell["n"] == 0 else " Δ —"
+    f = scale(data.metric)  # percentage points, or units of a metric that is not a fraction (NLL)
     if n == 1:
-        return f" Δ {_signed(cell['diff'])} (1 pair)"
+        return f" Δ {_signed(cell['diff'], f)} (1 pair)"
     mark = SIGNIFICANT if cell["diff_excludes_zero"] else ""
-    return f" Δ {_signed(cell['diff'])} [{_signed(cell['diff_low'])}, {_signed(cell['diff_high'])}]{mark}"
+    return f" Δ {_signed(cell['diff'], f)} [{_signed(cell['diff_low'], f)}, {_signed(cell['diff_high'], f)}]{mark}"
 
 
 def comparison_notes(data: TableData) -> list[str]:

@@ -185,7 +185,8 @@ def tune_trainable(params: dict[str, Any]) -> None:
         return
     record = {**result.record(), "sweep": params["sweep"],
               "cpus_per_trial": resources.cpus_per_trial, "gpus_per_trial": resources.gpus_per_trial}
-    store.write_trial(record, result.epochs, result.samples, result.noise, openset=result.openset)
+    store.write_trial(record, result.epochs, result.samples, result.noise, openset=result.openset,
+                      corruptions=result.corruptions)
     if result.broken_cuda:
         # A sticky CUDA error: this (reused) actor would fail every later trial. End the process;
         # the trial has its record, and Tune starts a fresh actor for the next one.

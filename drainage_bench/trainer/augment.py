@@ -8,6 +8,7 @@ random draw comes from ``generator``, which must live on the images' device. Reg
   the padded image), then a horizontal flip with probability 1/2 per sample.
 - ``crop_flip_rotate``: ``crop_flip``, then a rotation by a per-sample angle drawn uniformly from
   [-20, 20] degrees (bilinear, zeros outside the image).
+- ``crop_flip_rotate15``: the same with [-15, 15] degrees (the supervised-mollification paper).
 - ``flip_jitter``: the rest of WebVision's training transform after its RandomResizedCrop (which
   runs where the image is decoded, ``stream.py``): a horizontal flip with probability 1/2, then
   torchvision's ``ColorJitter(0.4, 0.4, 0.4, 0.2)`` per sample (see :func:`color_jitter`).
@@ -86,6 +87,11 @@ def crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def crop_flip_rotate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     images = crop_flip(images, generator)
     return rotate(images, random_angles(images.shape[0], generator, images.device))
+
+
+def crop_flip_rotate15(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    images = crop_flip(images, generator)
+    return rotate(images, random_angles(images.shape[0], generator, images.device, max_degrees=15.0))
 
 
 # --------------------------------------------------------------------------- colour jitter, cutout
@@ -189,6 +195,7 @@ AUGMENTS: dict[str, Augment] = {
     "crop_flip_rotate": crop_flip_rotate,
     "flip_jitter": flip_jitter,
     "cutout": cutout,
+    "crop_flip_rotate15": crop_flip_rotate15,
 }
 
 

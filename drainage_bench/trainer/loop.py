@@ -31,6 +31,9 @@ from torch import nn
 import drainage_bench
 from drainage_bench.config import TrialConfig
 from drainage_bench.errors import UserError
+from drainage_bench.metrics import calibration
+from drainage_bench.trainer import corruptions as corruption_sets
+from drainage_bench.trainer import mollify
 from drainage_bench.trainer.augment import make_augment
 from drainage_bench.trainer.compiled import compile_for_training
 from drainage_bench.trainer.data import DATASETS, StreamData, TensorData, load_dataset, resolve_data_root, stratified_split
@@ -70,6 +73,7 @@ class TrialResult:
     conditions: dict[str, Any] = field(default_factory=dict)  # provenance.provenance(): threads, builds, GPU
     openset: dict[str, np.ndarray] | None = None  # open-set trials: per test sample scores (openset.py)
     extra: dict[str, Any] = field(default_factory=dict)  # how it ran: precision, compile_status, compile_seconds
+    corruptions: list[dict[str, Any]] | None = None  # one row per (corruption, severity)
 
     def record(self) -> dict[str, Any]:
         """One flat row for the results store: the config, the metrics, provenance."""
@@ -111,16 +115,19 @@ def summarize(epochs: list[dict[str, Any]]) -> dict[str, Any]:
         return out
     last = epochs[-1]
     for key in ("test_acc", "val_acc", "train_acc_noisy", "train_acc_clean", "memorized",
-                "drainage_share_clean", "drainage_share_noisy", "train_loss"):
+                "drainage_share_clean", "drainage_share_noisy", "train_loss",
+                "test_nll", "test_ece", "val_nll", "val_ece"):
         out[f"final_{key}"] = last.get(key, math.nan)
     if "imagenet_acc" in last:  # WebVision's second test set (the ILSVRC2012 validation images)
         out["final_imagenet_acc"] = last["imagenet_acc"]
     evaluated = [e for e in epochs if not math.isnan(e.get("val_acc", math.nan))]
     if evaluated:
         best = max(evaluated, key=lambda e: e["val_acc"])  # first epoch of the best value
-        out.update(best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_acc_at_best_val=best["test_acc"])
+        out.update(best_val_acc=best["val_acc"], best_val_epoch=best["epoch"], test_acc_at_best_val=best["test_acc"],
+                   test_nll_at_best_val=best.get("test_nll", math.nan), test_ece_at_best_val=best.get("test_ece", math.nan))
     else:
-        out.update(best_val_acc=math.nan, best_val_epoch=-1, test_acc_at_best_val=math.nan)
+        out.update(best_val_acc=math.nan, best_val_epoch=-1, test_acc_at_best_val=math.nan,
+                   test_nll_at_best_val=math.nan, test_ece_at_best_val=math.nan)
     tested = [e for e in epochs if not math.isnan(e.get("test_acc", math.nan))]
     if tested:
         best = max(tested, key=lambda e: e["test_acc"])  # first epoch of the best value
@@ -334,10 +341,16 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
                          started_at=started_at, noise=prepared.noise_record, conditions=provenance(device))
     precision = precision or Precision.for_device(device, config)
     result.extra["precision"] = "bf16" if precision.autocast else "fp32"
+    root = resolve_data_root(config.data_root)
+    if config.corruptions in corruption_sets.RELEASED:
+        corruption_sets.released_files(config.corruptions, root)  # checked before training (UserError)
     try:
         if prepared.pretrained is not None:
             result.summary["pretrained_sha256"] = prepared.pretrained.sha256
-        result.samples, result.openset = _train(config, prepared, device, precision, epochs, on_epoch, result.extra)
+        result.samples, result.openset, forward = _train(config, prepared, device, precision, epochs, on_epoch,
+                                                         result.extra)
+        if config.corruptions and evaluate_test:
+            result.corruptions = _evaluate_corruptions(config, forward, prepared, root, device)
     except _CallbackError as err:
         raise err.__cause__ from None
     except (UserError, KeyboardInterrupt):
@@ -362,6 +375,8 @@ def run_trial(config: TrialConfig, on_epoch: OnEpoch | None = None, *, evaluate_
         from drainage_bench.metrics.openset import openset_summary
 
         result.summary.update(openset_summary(result.openset))
+    if result.corruptions:
+        result.summary.update(corruption_sets.summarize(result.corruptions))
     return result
 
 
@@ -396,7 +411,10 @@ class Forward:
         return x.contiguous(memory_format=torch.channels_last) if self.precision.channels_last else x
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
-        x = self.inputs(images, train)
+        return self.logits(self.inputs(images, train), train)
+
+    def logits(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """Normalised float images -> fp32 logits (through the compiled model when training)."""
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision.autocast):
             return (self.train_model if train else self.model)(x).float()
 
@@ -423,6 +441,8 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     aug_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
     train_model, train_loss_fn, compiled = compile_for_training(config, model, loss_fn, device)
     forward = Forward(model, p, make_augment(config.augment), aug_gen, precision, train_model)
+    mollifier = mollify.from_config(config, p.num_classes)
+    mollify_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
     eval_batch = eval_batch_size(config.batch_size)
 
     next_order = epoch_orders(p.train_labels, p.num_classes, config.balanced_subsample, order_gen)
@@ -436,9 +456,14 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
         n_noisy = int(p.train_is_noisy.sum()) if n_seen == p.n_train else int(p.train_is_noisy[order.to(device)].sum())
         n_clean = n_seen - n_noisy
         for idx, images in p.train(order, config.batch_size, train=True):
-            logits = forward(images, train=True)
             y = p.train_labels[idx]
-            loss = objective = train_loss_fn(logits, y)
+            if mollifier is None:
+                logits = forward(images, train=True)
+                loss = objective = train_loss_fn(logits, y)
+            else:  # noised / blurred inputs, soft targets (trainer/mollify.py)
+                x, soft = mollifier(forward.inputs(images, train=True), y, mollify_gen)
+                logits = forward.logits(x, train=True)
+                loss = objective = loss_fn.soft_forward(logits, soft)
             if config.l1_delta > 0:
                 objective = loss + config.l1_delta * l1_penalty(params)
             optimizer.zero_grad(set_to_none=True)
@@ -466,11 +491,13 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
             "drainage_share_noisy": (total[4] / n_noisy if n_noisy else math.nan) if drainage else math.nan,
             "test_acc": math.nan,
             "val_acc": math.nan,
+            **{f"{part}_{key}": math.nan for part in ("test", "val") for key in ("nll", "ece")},
         }
         if epoch % config.eval_every == 0 or epoch == config.epochs:
             model.eval()
             for name, (batches, labels, n) in p.evals.items():
-                metrics[f"{name}_acc"] = _accuracy(forward, batches, labels, n, p.num_classes, eval_batch)
+                scores = _evaluate(forward, batches(torch.arange(n), eval_batch), labels, p.num_classes)
+                metrics.update({f"{name}_{key}": value for key, value in scores.items()})
         metrics["train_seconds"] = train_seconds  # the training steps alone
         metrics["epoch_seconds"] = time.perf_counter() - t0  # with the evaluation
         epochs.append(metrics)
@@ -486,7 +513,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     if samples is not None and p.train_relabelled is not None:
         samples["is_relabelled"] = p.train_relabelled.cpu().numpy()
     scores = None if p.openset is None else openset_scores(forward, p.openset, p.num_classes, eval_batch, drainage)
-    return samples, scores
+    return samples, scores, forward
 
 
 def _batch_stats(logits, y, clean, noisy, num_classes, loss) -> torch.Tensor:
@@ -509,11 +536,40 @@ def _batch_stats(logits, y, clean, noisy, num_classes, loss) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(forward, batches, labels: torch.Tensor, n: int, num_classes: int, batch_size: int) -> float:
-    correct = torch.zeros((), device=labels.device, dtype=torch.int64)
-    for idx, images in batches(torch.arange(n), batch_size):
-        correct += (forward(images)[:, :num_classes].argmax(1) == labels[idx]).sum()
-    return correct.item() / n
+def _evaluate(forward, batches, labels: torch.Tensor | None, num_classes: int) -> dict[str, float]:
+    """Accuracy, NLL and ECE (metrics/calibration.py) over `batches` of (idx, images), or of
+    (images, labels) when `labels` is None.
+
+    On the closed softmax over the C classes: a drainage model's drainage column is left out and
+    the class probabilities renormalised, so the numbers compare with the baselines'. Per image
+    only log p(y), the top-label confidence and whether it is right leave the device.
+    """
+    parts = []
+    for first, second in batches:
+        images, y = (second, labels[first]) if labels is not None else (first, second)
+        log_p = torch.log_softmax(forward(images)[:, :num_classes], dim=1)
+        top, pred = log_p.max(1)
+        parts.append(torch.stack([log_p.gather(1, y[:, None])[:, 0], top.exp(), (pred == y).float()]))
+    log_p_true, confidence, correct = torch.cat(parts, 1).double().cpu().numpy()
+    return {"acc": float(correct.mean()), "nll": calibration.nll(log_p_true),
+            "ece": calibration.ece(confidence, correct)}
+
+
+@torch.no_grad()
+def _evaluate_corruptions(config: TrialConfig, forward, p: Prepared, root: Path,
+                          device: torch.device) -> list[dict[str, Any]]:
+    """Error, NLL and ECE of the trained model on every (corruption, severity) cell."""
+    data = load_dataset(config.dataset, root)
+    if not isinstance(data, TensorData):
+        raise UserError(f"corruptions={config.corruptions!r}: {config.dataset} streams its images; "
+                        "corruptions need an in-memory test set")
+    rows = []
+    batch = eval_batch_size(config.batch_size)
+    for cell in corruption_sets.cells(config, data.test_images, data.test_labels, root, device):
+        scores = _evaluate(forward, cell.batches(batch), None, p.num_classes)
+        rows.append({"corruption": cell.corruption, "group": cell.group, "severity": cell.severity,
+                     "error": 1.0 - scores["acc"], "nll": scores["nll"], "ece": scores["ece"]})
+    return rows
 
 
 @torch.no_grad()

@@ -302,6 +302,41 @@ class RobustLoss(nn.Module):
     def term(self, log_p: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def soft_forward(self, logits: Tensor, soft: Tensor) -> Tensor:
+        """The loss against soft targets q (B, C), or (B, C + 1) with mass on the drainage output.
+
+        The linear extension of the per-sample loss l(z, k) to a target distribution:
+
+            L(z, q) = sum_{k < C} q_k l(z, k)  +  q_d (-log p_d)
+
+        (the label distribution's expected loss; the last term only for a ``sink`` target, p_d
+        the softmax of the drainage column over all C + 1 outputs). For CE this is the
+        soft-target cross entropy -sum_k q_k log p_k (`soft_cross_entropy`), for label
+        smoothing the smoothed CE of the soft target. Used by mollification (trainer/mollify.py).
+        """
+        width = self.num_classes + self.extra_outputs
+        sink = soft.shape[1] == self.num_classes + 1
+        if soft.shape[1] not in (self.num_classes, self.num_classes + 1) or (sink and not self.extra_outputs):
+            raise ValueError(f"loss {self.name!r}: soft targets of shape {tuple(soft.shape)} for "
+                             f"{self.num_classes} classes (a drainage-output target needs a drainage column)")
+        logits = _at_least_float32(logits)
+        values = self.soft_per_sample(logits, soft[:, :self.num_classes].to(logits.dtype))
+        if sink:
+            values = values + soft[:, -1].to(logits.dtype) * -F.log_softmax(logits[:, :width], dim=1)[:, -1]
+        return values.mean() if self.reduction == "mean" else values
+
+    def soft_per_sample(self, logits: Tensor, soft: Tensor) -> Tensor:
+        """sum_k soft_k l(z, k) over the C classes: every class as the target in one batched call."""
+        batch, classes = soft.shape
+        targets = torch.arange(classes, device=logits.device).repeat(batch)
+        values = self.per_sample(logits.repeat_interleave(classes, dim=0), targets).view(batch, classes)
+        return (values * soft).sum(1)
+
+
+def soft_cross_entropy(logits: Tensor, soft: Tensor) -> Tensor:
+    """Soft-target cross entropy per sample: -sum_k q_k log softmax(z)_k over the columns of q."""
+    return -(soft * F.log_softmax(logits[:, :soft.shape[1]], dim=1)).sum(1)
+
 
 class WeightedPair(RobustLoss):
     """alpha * active + beta * passive; alpha, beta >= 0, not both 0."""
@@ -333,6 +368,10 @@ class CrossEntropy(RobustLoss):
     display = "CE"
     paper = "standard cross entropy"
     term = staticmethod(cross_entropy)
+
+    def soft_per_sample(self, logits: Tensor, soft: Tensor) -> Tensor:
+        """-sum_k q_k log p_k (the linear extension of CE, computed directly)."""
+        return soft_cross_entropy(logits, soft)
 
 
 @register("fl")

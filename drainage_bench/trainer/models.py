@@ -12,11 +12,15 @@ Models:
 - ``cnn4``: the MNIST network of Ma et al. 2020 ("Normalized Loss Functions for Deep Learning
   with Noisy Labels", ICML; their code, ``ToyModel('MNIST')``): two blocks of
   conv 3x3 (32, then 64) + BN + ReLU + max-pool 2, then FC 128 + BN + ReLU, then FC -> C.
+- ``small_cnn``: two stride-2 conv 3x3 layers (16, 32 channels) + BN + ReLU and the head, for
+  sweeps that must run on a few CPU cores (the ``mnist-mollify`` demonstration).
 - ``cnn8``: the CIFAR-10 network of the same paper (``ToyModel('CIFAR10')``): three blocks of two
   conv 3x3 + BN + ReLU (64, 128, 196 channels) each followed by max-pool 2, then FC 256 + BN +
   ReLU, then FC -> C. Both use their initialisation: Kaiming-uniform convs, Xavier-uniform FCs.
 - ``resnet18`` / ``resnet34``: CIFAR ResNets (He et al. 2016): 3x3 stem with stride 1 and no
   max-pool, BasicBlocks [2, 2, 2, 2] / [3, 4, 6, 3] of widths 64-128-256-512, global average pool.
+- ``preact_resnet18`` / ``preact_resnet50``: pre-activation CIFAR ResNets (He et al., ECCV 2016),
+  basic blocks [2, 2, 2, 2] / bottlenecks [3, 4, 6, 3], the network of the mollification paper.
 - ``resnet50``: torchvision's ImageNet ResNet-50 (random weights, never downloaded) with its ``fc``
   replaced by the head.
 """
@@ -95,6 +99,21 @@ def digits_cnn(in_channels: int, image_size: int, head: HeadFactory) -> nn.Modul
     )
 
 
+def small_cnn(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    """A CNN small enough for CPU demonstration sweeps on 28x28 images: conv 3x3 stride 2 (16) +
+    BN + ReLU, conv 3x3 stride 2 (32) + BN + ReLU, flatten (28x28 -> 7x7x32), the head.
+    About 0.27 M multiply-adds per MNIST image (cnn4: about 4 M)."""
+    side = image_size
+    for _ in range(2):
+        side = (side + 1) // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(),
+        head(32 * side * side),
+    )
+
+
 def _ma_et_al_cnn(in_channels: int, widths: list[list[int]], side: int, hidden: int, head: HeadFactory) -> nn.Module:
     layers: list[nn.Module] = []
     channels = in_channels
@@ -168,6 +187,78 @@ def resnet34(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
     return CifarResNet([3, 4, 6, 3], in_channels, head)
 
 
+class PreActBlock(nn.Module):
+    """Pre-activation basic block: BN-ReLU-conv3x3 (stride), BN-ReLU-conv3x3, plus the shortcut (a
+    1x1 conv of the pre-activated input when the shape changes, else the input itself)."""
+
+    expansion = 1
+
+    @staticmethod
+    def layers(in_channels: int, channels: int, out: int, stride: int) -> list[tuple[int, int, int, int]]:
+        """(in, out, kernel, stride) of each BN-ReLU-conv step."""
+        return [(in_channels, channels, 3, stride), (channels, out, 3, 1)]
+
+    def __init__(self, in_channels: int, channels: int, stride: int):
+        super().__init__()
+        out = channels * self.expansion
+        steps = self.layers(in_channels, channels, out, stride)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(i) for i, _, _, _ in steps)
+        self.convs = nn.ModuleList(nn.Conv2d(i, o, k, stride=s, padding=k // 2, bias=False) for i, o, k, s in steps)
+        self.shortcut = (nn.Conv2d(in_channels, out, 1, stride=stride, bias=False)
+                         if stride != 1 or in_channels != out else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bns[0](x))
+        shortcut = self.shortcut(pre) if self.shortcut is not None else x
+        out = self.convs[0](pre)
+        for bn, conv in zip(self.bns[1:], self.convs[1:]):
+            out = conv(torch.relu(bn(out)))
+        return out + shortcut
+
+
+class PreActBottleneck(PreActBlock):
+    """Pre-activation bottleneck: BN-ReLU-conv1x1, BN-ReLU-conv3x3 (stride), BN-ReLU-conv1x1 (4x width)."""
+
+    expansion = 4
+
+    @staticmethod
+    def layers(in_channels: int, channels: int, out: int, stride: int) -> list[tuple[int, int, int, int]]:
+        return [(in_channels, channels, 1, 1), (channels, channels, 3, stride), (channels, out, 1, 1)]
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet for small images (He, Zhang, Ren, Sun, "Identity mappings in deep
+    residual networks", ECCV 2016): 3x3 stride-1 stem conv, 4 stages of widths 64-128-256-512
+    (strides 1, 2, 2, 2), a final BN-ReLU, global average pool, the head. The network of the
+    mollification paper (Heinonen et al. 2025)."""
+
+    def __init__(self, block: type, blocks: list[int], in_channels: int, head: HeadFactory):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
+        stages, channels = [], 64
+        for index, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512))):
+            stride = 1 if index == 0 else 2
+            stage = []
+            for i in range(count):
+                stage.append(block(channels, width, stride if i == 0 else 1))
+                channels = width * block.expansion
+            stages.append(nn.Sequential(*stage))
+        self.stages = nn.Sequential(*stages)
+        self.final = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = head(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.final(self.stages(self.stem(x))))
+
+
+def preact_resnet18(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    return PreActResNet(PreActBlock, [2, 2, 2, 2], in_channels, head)
+
+
+def preact_resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
+    return PreActResNet(PreActBottleneck, [3, 4, 6, 3], in_channels, head)
+
+
 def resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
     """torchvision's ResNet-50 with random weights (never downloaded); ``fc`` is the head."""
     import torchvision
@@ -182,10 +273,13 @@ def resnet50(in_channels: int, image_size: int, head: HeadFactory) -> nn.Module:
 MODELS: dict[str, Callable[[int, int, HeadFactory], nn.Module]] = {
     "digits_cnn": digits_cnn,
     "cnn4": cnn4,
+    "small_cnn": small_cnn,
     "cnn8": cnn8,
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
+    "preact_resnet18": preact_resnet18,
+    "preact_resnet50": preact_resnet50,
 }
 
 
