@@ -41,6 +41,10 @@ def config_from_record(record: dict[str, Any]) -> TrialConfig:
         if name == "loss_params" and isinstance(value, str):
             value = json.loads(value)
         values[name] = value
+    if "precision" not in record and values.get("amp") is True:
+        # written by 0.1 (no `precision` column yet), where amp=true meant today's default:
+        # bf16 autocast on CUDA only (an explicit amp=true now also turns it on on a CPU)
+        values["amp"] = None
     config = TrialConfig.from_dict(values)
     if config.trial_id != record["trial_id"]:
         raise UserError(f"the record of {record['trial_id']} rebuilds to trial {config.trial_id}: it was written "
