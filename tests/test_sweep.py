@@ -296,7 +296,7 @@ def test_every_shipped_spec_expands_to_valid_unique_trials() -> None:
               "cifar10-asym": 36 * 5, "cifar10-sym": 36 * 5, "cifar10-instance": 36 * 2, "cifar10-human": 36 * 5,
               "cifar100-asym": 36 * 4, "cifar100-instance": 36 * 2, "cifar100-human": 36 * 1,
               # open-set: 4 loss rows (CE, drainage learned, z_d = 0, z_d = 2) x splits x seeds
-              "mnist-openset": 4 * 3 * 1, "cifar10-openset": 4 * 5 * 3, "svhn-openset": 4 * 5 * 3,
+              "mnist-openset": 4 * 5 * 2, "cifar10-openset": 4 * 5 * 3, "svhn-openset": 4 * 5 * 3,
               "mnist-vs-fashion": 4 * 1 * 3,
               # 6 loss rows (CE, CE + mollify, LS, drainage, drainage + mollify, drainage-sink)
               # x 2 noise settings (clean, sym 0.4) x 3 seeds
