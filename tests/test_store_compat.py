@@ -39,18 +39,19 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def test_the_fixture_is_what_its_readme_says() -> None:
+def test_the_fixture_is_what_its_readme_says(store_copy: Path) -> None:
     assert {p.stem for p in (FIXTURE / "v01" / "trials").glob("*.parquet")} == V01_IDS
     assert {p.stem for p in (FIXTURE / "v01" / "samples").glob("*.parquet")} == {
         i for i in V01_IDS if i.startswith("drainage")}
-    records = ResultsStore(FIXTURE, "v01").trials()
+    assert not (FIXTURE / "v01" / "index").exists()  # 0.1 had no index; reading writes one (in the copy)
+    records = ResultsStore(store_copy, "v01").trials()
     assert set(records["version"]) == {"0.1.0"} and "torch_threads" not in records  # written before provenance
 
 
-def test_todays_configs_of_the_v01_spec_have_the_v01_trial_ids_and_plan_finds_them_done() -> None:
+def test_todays_configs_of_the_v01_spec_have_the_v01_trial_ids_and_plan_finds_them_done(store_copy: Path) -> None:
     configs = load_spec(str(FIXTURE / "v01.toml")).expand()
     assert {c.trial_id for c in configs} == V01_IDS
-    state = plan(configs, ResultsStore(FIXTURE, "v01"))
+    state = plan(configs, ResultsStore(store_copy, "v01"))
     assert state.todo == [] and state.done == {i: "ok" for i in V01_IDS}
 
 
@@ -94,12 +95,12 @@ def test_status_table_and_plot_read_the_v01_store_with_a_newer_record_beside_it(
 
 
 @pytest.mark.slow
-def test_a_v01_record_reproduces_with_todays_trainer(data_root: Path) -> None:
+def test_a_v01_record_reproduces_with_todays_trainer(data_root: Path, store_copy: Path) -> None:
     """0.1's record of CE on clean digits (1 epoch, 1 thread: its cpus_per_trial) trains again to
     the same numbers: the record lacks torch_threads, so the CPU share decides."""
     from drainage_bench.reproduce import reproduce
 
-    cmp = reproduce(FIXTURE, "v01", "ce-clean-s0-003d8efb2a", data_root=str(data_root))
+    cmp = reproduce(store_copy, "v01", "ce-clean-s0-003d8efb2a", data_root=str(data_root))
     assert cmp.threads == 1 and cmp.device == "cpu"
     rows = {metric: (old, new, same) for metric, old, new, same in cmp.rows}
     assert rows["final_test_acc"] == (499 / 540, 499 / 540, True)
