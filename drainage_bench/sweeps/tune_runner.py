@@ -58,13 +58,6 @@ class Resources:
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
 
-    @property
-    def threads(self) -> int:
-        """torch threads of a trial: its whole CPUs, at least one (provenance.threads_for)."""
-        from drainage_bench.trainer.provenance import threads_for
-
-        return threads_for(self.cpus_per_trial)
-
     def enter_worker(self) -> None:
         """In the Ray worker, before a trial: torch uses the trial's CPUs (the thread policy of
         every entry point, provenance.use_cpu_share), and with a fraction of a GPU the process may
