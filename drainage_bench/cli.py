@@ -418,13 +418,14 @@ def plot(
     setting: Annotated[Optional[str], typer.Option(help="Noise setting of the learning curves and histograms: clean, asym0.4, human-worse_label (default: the noisiest).")] = None,
     loss: LossFilter = None,
     where: WhereOpt = None,
+    jobs: Annotated[Optional[int], typer.Option(min=1, help="Processes drawing figures at once (default: the CPUs available; 1 on macOS and Windows).")] = None,
 ) -> None:
     """Figures as PNG and PDF: accuracy vs noise rate, learning curves, drainage histograms."""
     from drainage_bench.analysis.plots import default_out_dir, make_figures
     from drainage_bench.analysis.tables import load_selection
 
     selection = load_selection(results, sweeps, where, loss)
-    paths, notes = make_figures(selection, out or default_out_dir(results, selection.sweeps), metric, setting)
+    paths, notes = make_figures(selection, out or default_out_dir(results, selection.sweeps), metric, setting, jobs)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     for note in notes:

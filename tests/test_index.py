@@ -127,9 +127,11 @@ NO_HEAVY = textwrap.dedent("""
     import sys
     from drainage_bench.cli import app
     for args in (["table", "hand", "--results", sys.argv[1], "--where", "seed=0,1"],
-                 ["status", sys.argv[2], "--results", sys.argv[1]],
-                 ["plot", "hand", "--results", sys.argv[1]]):
+                 ["status", sys.argv[2], "--results", sys.argv[1]]):
         app(args, standalone_mode=False)
+    # half a second of imports each that a plain table or status does not need
+    print("SLOW-IMPORTS", ",".join(sorted(m for m in ("scipy.stats", "sklearn", "matplotlib") if m in sys.modules)))
+    app(["plot", "hand", "--results", sys.argv[1]], standalone_mode=False)
     heavy = sorted(m for m in ("torch", "ray", "optuna") if m in sys.modules)
     print("HEAVY", ",".join(heavy))
 """)
@@ -149,6 +151,23 @@ def test_table_status_and_plot_import_no_torch_ray_or_optuna(tmp_path: Path) -> 
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY \n" in out.stdout, out.stdout[-500:]
+    assert "SLOW-IMPORTS \n" in out.stdout, out.stdout[-500:]
     assert "hand: 0 ok, 0 failed, 12 missing of 12 trials" in out.stdout  # hand ids are no spec's ids
     meta = json.loads(pq.read_schema(root / "hand" / "expected.parquet").metadata[b"drainage_bench"])
     assert meta["rows"] == ["CE", "Drainage"] and meta["metric"] == "final_test_acc"
+
+
+def test_per_sample_files_are_read_in_one_pass_each_row_tagged_with_its_trial(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from drainage_bench.analysis import index
+
+    pq.write_table(pa.table({"p": [0.1, 0.2, 0.3]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"p": pa.array([], pa.float64())}), tmp_path / "b.parquet")
+    pq.write_table(pa.table({"p": [0.9, 0.8], "extra": [True, False]}), tmp_path / "c.parquet")
+    table = index.read_tagged({k: tmp_path / f"{k}.parquet" for k in ("c", "b", "a")}).to_pandas()
+    assert table["trial_id"].astype(str).tolist() == ["c", "c", "a", "a", "a"]  # the order asked for
+    assert table["p"].tolist() == [0.9, 0.8, 0.1, 0.2, 0.3]
+    assert table["extra"].tolist()[:2] == [True, False] and table["extra"].isna().tolist()[2:] == [True] * 3
+    store_rows = ResultsStore(tmp_path, "none").samples()  # no samples folder: nothing, no error
+    assert store_rows.empty

@@ -59,6 +59,16 @@ def test_without_epochs_or_samples_those_figures_are_left_out(hand, tmp_path):
     assert "corruption_severity: not drawn (no trial evaluated corruptions)" in notes
 
 
+@pytest.mark.slow
+def test_figures_drawn_by_two_processes_are_those_drawn_by_one(real, tmp_path):
+    one = P.make_figures(real, tmp_path / "one", jobs=1)
+    two = P.make_figures(real, tmp_path / "two", jobs=2)
+    assert [p.name for p in one[0]] == [p.name for p in two[0]] and len(one[0]) == 6 and one[1] == two[1]
+    for a, b in zip(one[0], two[0]):
+        if a.suffix == ".png":  # the same pixels (the PDFs carry their creation time)
+            assert a.read_bytes() == b.read_bytes()
+
+
 def test_default_folder():
     assert P.default_out_dir("results", ["a"]).as_posix() == "results/a/figures"
     assert P.default_out_dir("results", ["a", "b"]).as_posix() == "results/figures/a+b"

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -114,6 +115,23 @@ def read_files(files: list[Path], columns: list[str] | None = None, filter_for: 
     """The same selection from some trial files directly (a few trials: no index needed)."""
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
     return _select(ds.dataset([str(f) for f in files], schema=schema, format="parquet"), columns, filter_for)
+
+
+def read_tagged(files: dict[str, Path], columns: list[str] | None = None, tag: str = "trial_id") -> pa.Table:
+    """The rows of several trial files, each row with the key it came under in `files` (a
+    dictionary-encoded `tag` column): per-sample records, too many rows per trial for the index,
+    read as one dataset (pyarrow's threads, rows in file order; each file's row count from its
+    footer). Columns a file lacks are null."""
+    if not files:
+        return pa.table({tag: pa.array([], pa.string())})
+    keys, paths = list(files), [str(p) for p in files.values()]
+    fragments = list(ds.dataset(paths, format="parquet").get_fragments())
+    schema = pa.unify_schemas([f.physical_schema for f in fragments], promote_options="permissive")
+    source = ds.dataset(paths, schema=schema, format="parquet")
+    table = _select(source, columns, None)
+    counts = [f.metadata.num_rows for f in fragments]
+    codes = pa.array(np.repeat(np.arange(len(keys), dtype=np.int32), counts))
+    return table.append_column(tag, pa.DictionaryArray.from_arrays(codes, pa.array(keys, pa.string())))
 
 
 def _select(source: ds.Dataset, columns: list[str] | None, filter_for: FilterFor | None) -> pa.Table:

@@ -13,10 +13,11 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
 
 from drainage_bench.analysis.plots import _grid, _legend, loss_colors
 from drainage_bench.analysis.store import ResultsStore
@@ -47,6 +48,8 @@ def _runs(part: pd.DataFrame) -> str:
 
 
 def _mean_roc(part: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    from sklearn.metrics import roc_curve  # 0.5 s of imports: only where there are open-set trials
+
     curves, areas = [], []
     for _, trial in part.groupby("trial_id"):
         unknown = trial["is_unknown"].to_numpy(bool)
@@ -157,14 +160,16 @@ def relabel_histograms(selection: Selection, bins: int = 25) -> Figure | None:
     return fig
 
 
-def openset_figures(selection: Selection) -> dict[str, tuple[Figure | None, str]]:
-    """The open-set figures of `make_figures` (none when the selection has no open-set trial)."""
+def openset_figures(selection: Selection) -> dict[str, tuple[Callable[[], Figure | None], str]]:
+    """The open-set figures of `make_figures`, each as (a function that draws it, why it may be
+    missing); none when the selection has no open-set trial. The scores are read here, once."""
     trials = _openset_trials(selection)
     if trials.empty:
         return {}
     scores = load_scores(selection, trials)
     return {
-        "openset_roc": (roc_curves(selection, scores), "no per-sample open-set scores"),
-        "openset_score_histograms": (score_histograms(selection, scores), "no per-sample open-set scores"),
-        "openset_relabel": (relabel_histograms(selection), "no drainage trial with openset_unknown_train=relabel"),
+        "openset_roc": (lambda: roc_curves(selection, scores), "no per-sample open-set scores"),
+        "openset_score_histograms": (lambda: score_histograms(selection, scores), "no per-sample open-set scores"),
+        "openset_relabel": (lambda: relabel_histograms(selection),
+                            "no drainage trial with openset_unknown_train=relabel"),
     }

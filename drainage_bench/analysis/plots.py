@@ -19,7 +19,12 @@ selection has nothing to draw); `write_figure` saves it.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
@@ -199,20 +204,27 @@ def drainage_histograms(selection: Selection, setting: str | None = None, bins: 
     samples = selection.samples(ok["trial_id"])
     if samples.empty:
         return None
-    samples = samples.merge(ok[["trial_id", "row", "column"]], on="trial_id")
-    columns = [c for c in selection.columns.values() if c.id in set(samples["column"])]
+    # each row's trial as a code into the categories: panels select trials, not strings per row
+    trial_codes = samples["trial_id"].cat.codes.to_numpy()
+    where = ok.drop_duplicates("trial_id").set_index("trial_id").reindex(samples["trial_id"].cat.categories)
+    present = where.iloc[np.unique(trial_codes)]
+    columns = [c for c in selection.columns.values() if c.id in set(present["column"])]
     panels = [(r, c) for r in selection.row_order for c in columns
-              if ((samples["row"] == r) & (samples["column"] == c.id)).any()]
+              if ((present["row"] == r) & (present["column"] == c.id)).any()]
+    probs_all = samples["drainage_prob"].to_numpy(dtype=float)
+    noisy_all = samples["is_noisy"].to_numpy(dtype=bool)
     fig, axes = _grid(len(panels), 3, (4.2, 3.2))
     edges = np.linspace(0, 1, bins + 1)
     for ax, (row, column) in zip(axes.flat, panels):
-        part = samples[(samples["row"] == row) & (samples["column"] == column.id)]
+        codes = np.flatnonzero((where["row"] == row).to_numpy() & (where["column"] == column.id).to_numpy())
+        mask = np.isin(trial_codes, codes)
         for noisy, label, color in ((False, "clean labels", "tab:blue"), (True, "mislabeled", "tab:red")):
-            probs = part.loc[part["is_noisy"].astype(bool) == noisy, "drainage_prob"].to_numpy(dtype=float)
-            if len(probs):
-                ax.hist(probs, bins=edges, weights=np.full(len(probs), 100 / len(probs)), color=color,
-                        alpha=0.55, label=f"{label} (n = {len(probs)})", histtype="stepfilled", edgecolor=color)
-        seeds = part["trial_id"].nunique()
+            probs = probs_all[mask & (noisy_all == noisy)]
+            if len(probs):  # the share of the group's samples per bin, in percent
+                counts, _ = np.histogram(probs, bins=edges)
+                ax.stairs(100 * counts / len(probs), edges, fill=True, color=color, alpha=0.55,
+                          label=f"{label} (n = {len(probs)})")
+        seeds = len(np.intersect1d(codes, trial_codes[mask]))
         ax.set_title(f"{row}, {column.dataset}, {_setting_name(column)}, {seeds} seed{'s' * (seeds != 1)}",
                      fontsize=9)
         ax.set_xlabel("drainage probability")
@@ -301,8 +313,14 @@ def write_figure(fig: Figure, out_dir: str | Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+    # Every figure here lays itself out (layout="constrained"): the PNG's draw places the panels,
+    # legends and titles; the PDF reuses those positions instead of laying out again, and neither
+    # needs bbox_inches="tight" (which draws each figure twice).
+    constrained = fig.get_layout_engine() is not None
+    fig.savefig(paths[0], dpi=150, **({} if constrained else {"bbox_inches": "tight"}))
+    if constrained:
+        fig.set_layout_engine("none")
+    fig.savefig(paths[1], **({} if constrained else {"bbox_inches": "tight"}))
     plt.close(fig)
     return paths
 
@@ -312,27 +330,63 @@ def default_out_dir(root: str | Path, sweeps: list[str]) -> Path:
     return Path(root) / sweeps[0] / "figures" if len(sweeps) == 1 else Path(root) / "figures" / "+".join(sweeps)
 
 
-def make_figures(selection: Selection, out_dir: str | Path, metric: str | None = None,
-                 setting: str | None = None) -> tuple[list[Path], list[str]]:
-    """Every figure the selection allows: (files written, notes on figures left out)."""
+def figure_plan(selection: Selection, metric: str | None = None,
+                setting: str | None = None) -> dict[str, tuple[Callable[[], Figure | None], str]]:
+    """stem -> (a function that draws the figure or returns None, why it may be missing), for
+    every figure `make_figures` writes. Bad options fail here, before anything is drawn."""
     metric_ = get_metric(metric or selection.metric)
     column = pick_setting(selection, setting)
-    figures = {
-        f"{metric_.name}_vs_noise": (accuracy_vs_noise(selection, metric_), "no noise type with rates"),
-        f"learning_curves_{column.tag}": (learning_curves(selection, column.id), "no per-epoch records"),
-        "drainage_probability": (drainage_histograms(selection, setting),
+    plan = {
+        f"{metric_.name}_vs_noise": (lambda: accuracy_vs_noise(selection, metric_), "no noise type with rates"),
+        f"learning_curves_{column.tag}": (lambda: learning_curves(selection, column.id), "no per-epoch records"),
+        "drainage_probability": (lambda: drainage_histograms(selection, setting),
                                  "no drainage run with per-sample records under noise"),
-        f"critical_difference_{metric_.name}": (critical_difference_figure(selection, metric_),
+        f"critical_difference_{metric_.name}": (lambda: critical_difference_figure(selection, metric_),
                                                  "fewer than 3 losses or 2 columns with a value for every loss"),
-        "corruption_severity": (corruption_severity(selection), "no trial evaluated corruptions"),
+        "corruption_severity": (lambda: corruption_severity(selection), "no trial evaluated corruptions"),
     }
     from drainage_bench.analysis.openset_plots import openset_figures  # it imports this module
 
-    figures.update(openset_figures(selection))
-    paths, notes = [], []
-    for stem, (fig, why) in figures.items():
-        if fig is None:
-            notes.append(f"{stem}: not drawn ({why})")
+    plan.update(openset_figures(selection))
+    return plan
+
+
+_PLAN: list[tuple[str, Callable[[], Figure | None], str]] = []  # what forked workers draw
+_OUT: Path = Path()
+
+
+def _draw(i: int) -> tuple[list[Path], str | None]:
+    stem, draw, why = _PLAN[i]
+    fig = draw()
+    if fig is None:
+        return [], f"{stem}: not drawn ({why})"
+    return write_figure(fig, _OUT, stem), None
+
+
+def default_jobs() -> int:
+    """Processes that draw figures: the CPUs this process may use. Drawing runs in forked workers
+    (the selection is shared, not copied), so only where fork is safe: Linux; elsewhere one."""
+    if not sys.platform.startswith("linux"):
+        return 1
+    return len(os.sched_getaffinity(0))
+
+
+def make_figures(selection: Selection, out_dir: str | Path, metric: str | None = None,
+                 setting: str | None = None, jobs: int | None = None) -> tuple[list[Path], list[str]]:
+    """Every figure the selection allows: (files written, notes on figures left out), in the
+    plan's order. Figures are independent: with ``jobs > 1`` they are drawn and saved by that many
+    forked processes at once (matplotlib's drawing is single-threaded Python)."""
+    global _PLAN, _OUT
+    plan = [(stem, draw, why) for stem, (draw, why) in figure_plan(selection, metric, setting).items()]
+    jobs = min(default_jobs() if jobs is None else max(1, jobs), len(plan))
+    _PLAN, _OUT = plan, Path(out_dir)
+    try:
+        if jobs > 1:
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+                done = list(pool.map(_draw, range(len(plan))))
         else:
-            paths += write_figure(fig, out_dir, stem)
-    return paths, notes
+            done = [_draw(i) for i in range(len(plan))]
+    finally:
+        _PLAN = []
+    paths = [p for written, _ in done for p in written]
+    return paths, [note for _, note in done if note]

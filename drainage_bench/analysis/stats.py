@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -59,6 +58,8 @@ def paired_difference(a, b, confidence: float = CONFIDENCE) -> PairedDifference:
     if n < 2:
         return PairedDifference(1, mean, math.nan, math.nan, math.nan)
     sd = float(d.std(ddof=1))
+    from scipy import stats  # imported in the functions: 0.4 s that a plain `table` does not need
+
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
     return PairedDifference(n, mean, sd, mean - half, mean + half)
 
@@ -73,11 +74,15 @@ def paired_by_seed(values: pd.DataFrame, reference: pd.DataFrame, confidence: fl
 def rank_matrix(matrix: pd.DataFrame, higher_is_better: bool = True) -> pd.DataFrame:
     """Ranks of the rows (losses) within each column (block): 1 the best, ties averaged."""
     sign = -1.0 if higher_is_better else 1.0
+    from scipy import stats
+
     return matrix.apply(lambda col: pd.Series(stats.rankdata(sign * col.to_numpy(float)), index=col.index))
 
 
 def nemenyi_q(k: int, alpha: float = ALPHA) -> float:
     """q_alpha of the Nemenyi test: the studentized range quantile (k groups, infinite df) / sqrt(2)."""
+    from scipy import stats
+
     return float(stats.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
 
 
@@ -124,6 +129,8 @@ def rank_summary(matrix: pd.DataFrame, higher_is_better: bool = True, alpha: flo
     ranks = rank_matrix(complete, higher_is_better).mean(axis=1) if n else pd.Series(math.nan, index=matrix.index)
     statistic = pvalue = math.nan
     if k >= 3 and n >= 2:
+        from scipy import stats
+
         result = stats.friedmanchisquare(*complete.to_numpy(float))
         statistic, pvalue = float(result.statistic), float(result.pvalue)
     cd = critical_difference(k, n, alpha) if k >= 2 and n >= 1 else math.nan

@@ -139,7 +139,18 @@ class ResultsStore:
         return self.read("epochs", trial_ids)
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        return self.read("samples", trial_ids)
+        """Per training sample rows of the drainage trials (all, or some trial_ids), each with its
+        ``trial_id`` (a categorical column): one file per trial, read in one pass."""
+        folder = self.path / "samples"
+        if not folder.is_dir():
+            return pd.DataFrame()
+        have = {name.removesuffix(".parquet") for name in index.stamps(folder)}  # one listing, no stat per id
+        ids = sorted(have if trial_ids is None else have.intersection(trial_ids))
+        try:
+            table = index.read_tagged({t: folder / f"{t}.parquet" for t in ids})
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+            raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
+        return table.to_pandas() if table.num_rows else pd.DataFrame()
 
     def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""

@@ -139,9 +139,11 @@ class Selection:
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample rows (drainage_prob, is_noisy, trial_id) of the selected drainage trials."""
-        parts = [store.samples([t]).assign(trial_id=t) for store, ids in self._by_sweep(trial_ids) for t in ids]
+        parts = [store.samples(ids) for store, ids in self._by_sweep(trial_ids)]
         parts = [p for p in parts if not p.empty]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+        if len(parts) == 1:
+            return parts[0]
+        return pd.concat(parts, ignore_index=True).astype({"trial_id": "category"}) if parts else pd.DataFrame()
 
 
 def resolve_sweeps(root: str | Path, sweeps: list[str] | None) -> list[str]:
