@@ -271,3 +271,42 @@ def test_a_cross_dataset_sweep_without_the_other_dataset_stops_before_ray(tmp_pa
     out = subprocess.run([*CLI, "sweep", str(spec), "--results", "res", "--data-root", "data"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert_user_error(out, "dataset 'fashion_mnist' is not available", tmp_path / "res")
+
+
+class _FixedLogits:
+    """A stand-in for the trainer's Forward: the logits of row i are LOGITS[i] (the images carry i)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+        self.model = torch.nn.Linear(1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits[images[:, 0, 0, 0].long()]
+
+
+def test_open_set_scores_of_fixed_logits_by_hand() -> None:
+    from drainage_bench.trainer.openset import OpenSetTest, openset_scores
+
+    # two known classes and a drainage column; row 2 ties z_d with the top class (not drained);
+    # rows 3 and 4 lead by 40 and 20: float32 rounds both MSPs to 1 (a tie), float64 keeps 1 - e^-20 < 1
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 5.0], [1.0, 1.0, 1.0], [40.0, 0.0, -5.0], [20.0, 0.0, -5.0]])
+    n = len(logits)
+    test = OpenSetTest(images=torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous(),
+                       is_unknown=torch.tensor([False, True, True, False, True]), label=torch.tensor([0, 7, 8, 0, 9]),
+                       known_label=torch.tensor([0, -1, -1, 0, -1]))
+    s = openset_scores(_FixedLogits(logits), test, num_classes=2, batch_size=2, drainage=True)
+    e = np.exp
+    np.testing.assert_allclose(s["score_msp"], [-1 / (1 + e(-2)), -1 / (1 + e(-3)), -0.5, -1 / (1 + e(-40)),
+                                                -1 / (1 + e(-20))], rtol=1e-12)
+    assert s["score_msp"][3] < s["score_msp"][4]  # the more confident sample is the less unknown one
+    np.testing.assert_array_equal(s["score_maxlogit"], [-2.0, -3.0, -1.0, -40.0, -20.0])
+    np.testing.assert_allclose(s["score_pd"], [e(1) / (e(2) + 1 + e(1)), e(5) / (1 + e(3) + e(5)), 1 / 3,
+                                               e(-5) / (e(40) + 1 + e(-5)), e(-5) / (e(20) + 1 + e(-5))], rtol=1e-6)
+    np.testing.assert_array_equal(s["drained"], [False, True, False, False, False])
+    np.testing.assert_array_equal(s["pred"], [0, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("spec", ["standard:\u00b2", "standard:01", "known:0,1,\u00b2", "random:\u00b2:0", "random:4:07"])
+def test_split_numbers_are_plain_ascii_integers(spec: str) -> None:
+    with pytest.raises(UserError, match="is invalid"):
+        parse_openset(spec, "mnist")

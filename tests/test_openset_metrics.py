@@ -44,6 +44,11 @@ def test_unknowns_accepted_at_95_percent_of_knowns_accepted() -> None:
     score = np.concatenate([known, [19.0, 19.5]])
     flags = np.array([False] * 20 + [True, True])
     assert unknown_accepted_at_95_known(score, flags) == pytest.approx(1 / 2)
+    # 10 knowns 1..10: ceil(9.5) = 10 must be accepted -> t = 10 (a floor would give t = 9); the
+    # unknowns at 9.5 and 10 are accepted, 10.5 is not -> 2/3
+    score = np.concatenate([np.arange(1.0, 11.0), [9.5, 10.0, 10.5]])
+    flags = np.array([False] * 10 + [True] * 3)
+    assert unknown_accepted_at_95_known(score, flags) == pytest.approx(2 / 3)
 
 
 def test_aupr_in_and_out_by_hand() -> None:
@@ -85,6 +90,9 @@ def test_summary_names_every_metric_in_the_catalogue_and_skips_pd_without_draina
         if name.startswith("openset_") and not name.startswith("openset_n_"):
             assert get_metric(name).column == name
     assert not get_metric("openset_unknown_accepted_at_95known_pd").higher_is_better
+    diverged = openset_summary({**scores, "score_msp": np.where(np.arange(7) == 0, np.nan, SCORE)})
+    assert np.isnan(diverged["openset_auroc_msp"])  # one NaN score: NaN, not a silently missing metric
+    assert diverged["openset_auroc_maxlogit"] == pytest.approx(5 / 12)
     with_pd = openset_summary({**scores, "score_pd": SCORE, "drained": scores["pred"] == 0})
     assert with_pd["openset_auroc_pd"] == pytest.approx(7 / 12)
     assert with_pd["openset_drain_rejects_unknown"] == 1.0 and with_pd["openset_drain_rejects_known"] == 0.25

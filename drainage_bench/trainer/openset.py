@@ -45,6 +45,12 @@ class OpenSetSplit:
     other: str | None = None        # vs: the dataset whose test set is the unknowns
 
 
+def _number(text: str) -> bool:
+    """A plain decimal integer as the spec writes it once: ASCII digits, no leading zero
+    (``standard:01`` would be another trial_id for ``standard:1``; ``'²'.isdigit()`` is true)."""
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))
+
+
 def parse_openset(spec: str, dataset: str) -> OpenSetSplit:
     """The split named by ``spec`` for ``dataset``; UserError naming the problem otherwise."""
     from drainage_bench.trainer.data import DATASETS
@@ -62,12 +68,12 @@ def parse_openset(spec: str, dataset: str) -> OpenSetSplit:
             raise bad(f"there are no standard splits for {dataset}; they exist for "
                       + ", ".join(sorted(STANDARD_SPLITS)) + "; use random:K:SEED or known:... instead")
         splits = STANDARD_SPLITS[source]
-        if not rest.isdigit() or int(rest) >= len(splits):
+        if not _number(rest) or int(rest) >= len(splits):
             raise bad(f"standard:N takes a split number N in 0..{len(splits) - 1}")
         return _split(spec, splits[int(rest)], classes)
     if kind == "random":
         k, _, seed = rest.partition(":")
-        if not (k.isdigit() and seed.isdigit()):
+        if not (_number(k) and _number(seed)):
             raise bad("write random:K:SEED with integers K (unknown classes) and SEED, e.g. random:4:0")
         if not 1 <= int(k) <= classes - 2:
             raise bad(f"K={k} unknown classes of {classes}; valid: 1..{classes - 2} (at least 2 stay known)")
@@ -75,7 +81,7 @@ def parse_openset(spec: str, dataset: str) -> OpenSetSplit:
         return _split(spec, sorted(set(range(classes)) - {int(u) for u in unknown}), classes)
     if kind == "known":
         items = [x.strip() for x in rest.split(",")]
-        if not items or not all(x.isdigit() for x in items):
+        if not items or not all(_number(x) for x in items):
             raise bad("write known:A,B,... with class ids, e.g. known:0,1,2,3,4,5")
         known = [int(x) for x in items]
         repeated = sorted({c for c in known if known.count(c) > 1})
@@ -198,6 +204,10 @@ def openset_scores(forward, test: OpenSetTest, num_classes: int, batch_size: int
     - ``score_maxlogit = -max_k z_k`` over the K class logits;
     - ``score_pd = softmax(z_1..z_K, z_d)_d``: the drainage probability (drainage models; NaN else);
     - ``drained``: the open-drainage decision, z_d > max_k z_k (False without a drainage node).
+
+    The softmax scores are computed in float64: in float32 the MSP of a sample whose top logit
+    leads by about 17 or more is exactly 1, so confident samples tie and the rank metrics drift
+    towards chance (float64 separates margins up to about 36).
     """
     images = test.images
     device = next(iter(forward.model.parameters())).device
@@ -213,8 +223,8 @@ def openset_scores(forward, test: OpenSetTest, num_classes: int, batch_size: int
         "label": test.label.numpy(),
         "known_label": test.known_label.numpy(),
         "pred": pred.numpy(),
-        "score_msp": (-classes.softmax(1).max(1).values).numpy(),
+        "score_msp": (-classes.double().softmax(1).max(1).values).numpy(),
         "score_maxlogit": (-top).numpy(),
-        "score_pd": (z.softmax(1)[:, -1] if drainage else nan).numpy(),
+        "score_pd": (z.double().softmax(1)[:, -1] if drainage else nan.double()).numpy(),
         "drained": (z[:, num_classes] > top if drainage else torch.zeros_like(top, dtype=torch.bool)).numpy(),
     }
