@@ -18,6 +18,9 @@ def test_amp_and_compile_keep_old_trial_ids_and_separate_different_computations(
     # The trial_id version 0.1 gave this config (amp defaulted to true then, meaning bf16 on CUDA).
     assert default.trial_id == "ce-clean-s0-73113bba8e"
     assert build_config("digits", "ce", {"compile": True}).trial_id == default.trial_id  # rounding only
+    # on where it pays (MNIST, and Fashion-MNIST extending it), off for digits, which extends MNIST too
+    assert [build_config(d, "ce").compile for d in ("digits", "mnist", "fashion_mnist", "cifar10")] == \
+        [False, True, True, False]
     bf16 = build_config("digits", "ce", {"amp": True}).trial_id  # bf16 on the CPU too: another computation
     fp32 = build_config("digits", "ce", {"amp": False}).trial_id
     assert len({default.trial_id, bf16, fp32}) == 3
