@@ -8,8 +8,10 @@ them; they are *synthetic corruptions of this tool*, not CIFAR-10-C or MNIST-C. 
 ``corrupt(images, severity, generator) -> images`` on uint8 images (B, C, H, W), severity
 1..5, every random draw from ``generator`` (on the images' device); the arithmetic runs on
 x = images / 255 in [0, 1], the result is clipped to [0, 1] and rounded back to uint8, so the
-corrupted images take the trainer's test path unchanged. ``SYNTHETIC`` maps the name to
-(group, function); the groups are those of the paper (noise, blur, weather, digital).
+corrupted images take the trainer's test path unchanged. The CIFAR-10-C code converts back with
+``np.uint8``, which truncates, so its values lie up to one grey level below these rounded ones
+(pixelate and JPEG stay on uint8 grey levels, as PIL does there). ``SYNTHETIC`` maps the name
+to (group, function); the groups are those of the paper (noise, blur, weather, digital).
 
 **Released files** (``corruptions=cifar10-c`` / ``cifar100-c``, the 15 standard corruptions;
 ``cifar10-c-all`` / ``cifar100-c-all`` add the 4 extra ones): ``<data root>/CIFAR-10-C/<name>.npy``
@@ -84,13 +86,16 @@ def speckle_noise(images, severity, generator):
 
 # --- blur -------------------------------------------------------------------------------------
 
-def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Each channel convolved with a square 2-D kernel, borders reflected (as scipy/cv2 do)."""
+def _filter(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Each channel convolved with a square 2-D kernel, the borders padded by ``F.pad`` ``mode``:
+    "replicate" (scipy/skimage mode "nearest") or "reflect" (about the edge pixel: cv2's default
+    BORDER_REFLECT_101, scipy's "mirror"; replicated where the pad exceeds the image)."""
     k = kernel.shape[-1]
     channels = x.shape[1]
     pad = k // 2
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect") if pad < min(x.shape[-2:]) else \
-        F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    if mode == "reflect" and pad >= min(x.shape[-2:]):
+        mode = "replicate"
+    padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
     weight = kernel.to(x)[None, None].expand(channels, 1, k, k)
     return F.conv2d(padded, weight, groups=channels)
 
@@ -104,10 +109,11 @@ def _gaussian_kernel(sigma: float, radius: int | None = None) -> torch.Tensor:
 
 
 def gaussian_blur(images, severity, generator):
-    """Gaussian filter of standard deviation c px, c = (0.4, 0.6, 0.7, 0.8, 1.0) (CIFAR-10-C extra;
-    kernel radius 4 sigma, as scipy.ndimage.gaussian_filter truncates)."""
+    """Gaussian filter of standard deviation c px, c = (0.4, 0.6, 0.7, 0.8, 1.0) (CIFAR-10-C extra:
+    skimage.filters.gaussian with its defaults, i.e. scipy.ndimage.gaussian_filter with kernel
+    radius int(4 sigma + 0.5) and border mode "nearest", the edge pixel replicated)."""
     c = _level((0.4, 0.6, 0.7, 0.8, 1.0), severity)
-    return _uint8(_filter(_unit(images), _gaussian_kernel(c)))
+    return _uint8(_filter(_unit(images), _gaussian_kernel(c), "replicate"))
 
 
 def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
@@ -124,9 +130,9 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
 
 def defocus_blur(images, severity, generator):
     """Convolution with `disk_kernel` (radius, alias_blur) = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6),
-    (1, 0.2), (1.5, 0.1)) (CIFAR-10-C)."""
+    (1, 0.2), (1.5, 0.1)) (CIFAR-10-C: cv2.filter2D, borders reflected about the edge pixel)."""
     radius, alias = _level(((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1.0, 0.2), (1.5, 0.1)), severity)
-    return _uint8(_filter(_unit(images), disk_kernel(radius, alias)))
+    return _uint8(_filter(_unit(images), disk_kernel(radius, alias), "reflect"))
 
 
 # --- weather ----------------------------------------------------------------------------------
@@ -146,13 +152,18 @@ def brightness(images, severity, generator):
 
 
 def _plasma(batch: int, size: int, decay: float, generator: torch.Generator, device) -> torch.Tensor:
-    """Diamond-square fractal in [0, 1] (B, size, size), size a power of two; each step adds
-    uniform noise in [-w, w], w = 100 decay^-level (the ``plasma_fractal`` of CIFAR-10-C, wrapping at the edges)."""
+    """Diamond-square fractal in [0, 1] (B, size, size), size a power of two, wrapping at the edges,
+    min-max normalised per map. Level k = 0, 1, ... (grid 2^k -> 2^(k+1)) adds uniform noise in
+    [-a_k, a_k] to its square and diamond means, a_k = w_k^2, w_k = 100 decay^-k: CIFAR-10-C's
+    ``plasma_fractal`` adds ``wibble * uniform(-wibble, wibble)`` and divides wibble by decay
+    per level, so the amplitude falls by decay^2 per level (only that ratio survives the
+    normalisation)."""
     maps = torch.zeros(batch, 1, 1, device=device)
-    scale = 100.0
+    wibble = 100.0
     while maps.shape[-1] < size:
         n = maps.shape[-1]
-        scale /= decay
+        scale = wibble * wibble
+        wibble /= decay
         # square step: each new cell centre is the mean of its 4 corners plus noise
         corners = (maps + maps.roll(-1, 1) + maps.roll(-1, 2) + maps.roll((-1, -1), (1, 2))) / 4
         centres = corners + scale * (2 * torch.rand(batch, n, n, generator=generator, device=device) - 1)
@@ -193,17 +204,34 @@ def contrast(images, severity, generator):
     return _uint8((x - m) * c + m)
 
 
-def pixelate(images, severity, generator):
-    """Down to c times the side and back up, c = (0.95, 0.9, 0.85, 0.75, 0.65) (CIFAR-10-C).
+def _box_weights(size: int, out: int, device) -> torch.Tensor:
+    """PIL's BOX resampling down from ``size`` to ``out`` <= size pixels as an (out, size) matrix:
+    with s = size / out, output pixel i is the mean of the input pixels x whose centres lie in
+    its box, -1/2 < (x + 0.5 - (i + 0.5) s) / s <= 1/2 (PIL's box filter is 1 there, 0 elsewhere:
+    whole pixels, no partial weights)."""
+    s = size / out
+    centre = (torch.arange(out, dtype=torch.float64) + 0.5) * s
+    d = (torch.arange(size, dtype=torch.float64)[None, :] + 0.5 - centre[:, None]) * (1.0 / s)
+    inside = ((d > -0.5) & (d <= 0.5)).double()
+    return (inside / inside.sum(1, keepdim=True)).float().to(device)
 
-    PIL's BOX resize is approximated by area averaging down (``F.interpolate(mode="area")``) and
-    nearest neighbour up.
+
+def pixelate(images, severity, generator):
+    """Down to int(c side) and back up, both with PIL's BOX filter, c = (0.95, 0.9, 0.85, 0.75,
+    0.65) (CIFAR-10-C: ``resize((int(32 c),) * 2, BOX)`` then ``resize((32, 32), BOX)``).
+
+    Down: W_h x W_w^T with the `_box_weights` matrices, on grey levels rounded half up to integers
+    after the horizontal and after the vertical pass, as PIL's uint8 passes do. Up: BOX
+    up-sampling takes input pixel floor((i + 0.5) side_in / side_out), which is
+    ``F.interpolate(mode="nearest-exact")``.
     """
     c = _level((0.95, 0.9, 0.85, 0.75, 0.65), severity)
-    x = _unit(images)
-    h, w = x.shape[-2:]
-    small = F.interpolate(x, size=(max(1, int(h * c)), max(1, int(w * c))), mode="area")
-    return _uint8(F.interpolate(small, size=(h, w), mode="nearest"))
+    h, w = images.shape[-2:]
+    rows = _box_weights(h, max(1, int(h * c)), images.device)
+    cols = _box_weights(w, max(1, int(w * c)), images.device)
+    wide = torch.floor(images.float() @ cols.T + 0.5)
+    small = torch.floor(rows @ wide + 0.5)
+    return F.interpolate(small, size=(h, w), mode="nearest-exact").to(torch.uint8)
 
 
 def jpeg_compression(images, severity, generator):
