@@ -35,6 +35,22 @@ def test_ece_bins_are_closed_on_the_right() -> None:
     assert cal.ece(np.array([0.25 + 1e-9, 0.1]), correct, bins=4) == pytest.approx((0.75 + 0.1) / 2)
 
 
+def test_ece_15_bins_put_one_in_the_last_bin_and_an_edge_k_over_15_in_bin_k() -> None:
+    # bins ((b-1)/15, b/15]: 1.0 and 14.5/15 share bin 15; 7/15 (an edge) shares bin 7 with 6.5/15
+    conf = np.array([1.0, 14.5 / 15, 7 / 15, 6.5 / 15])
+    correct = np.array([0, 1, 1, 0])
+    # bin 15: acc 1/2, conf (1 + 14.5/15)/2 = 29.5/30; bin 7: acc 1/2, conf 13.5/30; each 2/4 of the samples
+    hand = 0.5 * abs(0.5 - 29.5 / 30) + 0.5 * abs(0.5 - 13.5 / 30)
+    assert cal.ece(conf, correct) == pytest.approx(hand, rel=1e-12)
+    # the two alone: one bin, |B|/N = 1
+    assert cal.ece(conf[:2], correct[:2]) == pytest.approx(abs(0.5 - 29.5 / 30), rel=1e-12)
+    # every edge k/15 falls in bin k, with (k - 1/2)/15 from the middle of that bin: one bin (the edge
+    # is the double nearest k/15, an ulp above it for k = 3, 6, 7, 12, 13, 14; (k/15) * 15 rounds to k)
+    for k in range(1, 16):
+        pair = np.array([k / 15, (k - 0.5) / 15])
+        assert cal.ece(pair, np.array([1, 0])) == pytest.approx(abs(0.5 - (k - 0.25) / 15), rel=1e-12), k
+
+
 def test_perfectly_calibrated_bins_give_zero() -> None:
     # 10 samples at confidence 0.8, 8 of them right
     assert cal.ece(np.full(10, 0.8), np.array([1] * 8 + [0] * 2)) == pytest.approx(0.0)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import scipy.fft
+import scipy.ndimage
 import torch
 
 from drainage_bench.errors import UserError
@@ -54,6 +55,46 @@ def test_blur_with_vanishing_sigma_is_the_identity_and_constants_stay_constant()
     assert torch.allclose(blurred, x.mean((2, 3), keepdim=True).expand_as(x), atol=1e-3)
 
 
+def _gaussian_reflect(image: np.ndarray, sigma: float) -> np.ndarray:
+    """An independent blur of one (H, W) image: a sampled Gaussian, half-sample symmetric borders."""
+    return scipy.ndimage.gaussian_filter(image, sigma, mode="reflect", truncate=12.0)
+
+
+def _dct_heat(image: np.ndarray, sigma: float) -> np.ndarray:
+    """The heat blur written out with scipy's orthonormal DCT: exp(-((pi k/H)^2 + (pi l/W)^2) sigma^2 / 2)."""
+    h, w = image.shape
+    lam = (np.pi * np.arange(h) / h)[:, None] ** 2 + (np.pi * np.arange(w) / w)[None, :] ** 2
+    u = scipy.fft.dctn(image, type=2, norm="ortho")
+    return scipy.fft.idctn(np.exp(-lam * sigma**2 / 2) * u, type=2, norm="ortho")
+
+
+def test_heat_blur_is_a_gaussian_filter_with_reflected_borders_on_a_rectangle() -> None:
+    # The DCT-II diagonalises convolution with the half-sample symmetric extension of the image;
+    # a sampled Gaussian's response at frequency omega <= pi is exp(-omega^2 sigma^2 / 2) up to
+    # aliasing from 2 pi - omega, at most exp(-pi^2 sigma^2 / 2) (5e-20 at sigma = 3, but 3e-9 at
+    # sigma = 2), so heat for time sigma^2 / 2 equals scipy's Gaussian filter with mode="reflect"
+    # (the kernel truncated at 12 sigma: a tail of ~1e-31).
+    x = torch.randn(2, 3, 24, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    sigmas = torch.tensor([3.0, 4.5], dtype=torch.float64)
+    out = M.heat_blur(x, sigmas).numpy()
+    for b, sigma in enumerate(sigmas.tolist()):
+        for c in range(3):
+            np.testing.assert_allclose(out[b, c], _gaussian_reflect(x[b, c].numpy(), sigma), atol=1e-12)
+
+
+def test_heat_blur_damps_a_single_cosine_by_its_heat_factor() -> None:
+    # cos(pi k (i + 1/2) / H) cos(pi l (j + 1/2) / W) is one DCT-II basis image: it decays by exactly
+    # exp(-((pi k / H)^2 + (pi l / W)^2) sigma^2 / 2) and keeps its shape
+    h, w, sigma = 24, 40, 1.7
+    i = np.arange(h)[:, None] + 0.5
+    j = np.arange(w)[None, :] + 0.5
+    for k, l in ((3, 0), (0, 5), (3, 5), (7, 2)):
+        image = np.cos(np.pi * k * i / h) * np.cos(np.pi * l * j / w)
+        factor = math.exp(-((math.pi * k / h) ** 2 + (math.pi * l / w) ** 2) * sigma**2 / 2)
+        out = M.heat_blur(torch.from_numpy(image)[None, None], torch.tensor([sigma], dtype=torch.float64))
+        np.testing.assert_allclose(out[0, 0].numpy(), factor * image, atol=1e-12)
+
+
 def test_mollifier_on_a_constant_batch_and_its_targets() -> None:
     g = torch.Generator().manual_seed(3)
     moll = M.Mollifier(num_classes=4, roles=("clean", "blur"), beta=2.0)
@@ -79,6 +120,49 @@ def test_noise_role_follows_the_schedule_for_its_drawn_time() -> None:
     assert torch.allclose(out, expected, atol=1e-6)
     gamma = torch.sin(math.pi * t / 2) ** 2
     assert torch.allclose(soft[:, 0], 1 - gamma + gamma / 3, atol=1e-6)
+
+
+@pytest.mark.parametrize("roles", [("clean", "noise", "blur"), ("blur", "clean", "noise")])
+def test_a_mixed_batch_mollifies_each_row_by_its_role_and_time(roles) -> None:
+    # every role at once on a non-constant rectangular batch; npow != bpow != 1 so that the
+    # exponents cannot be swapped or dropped unnoticed
+    k, npow, bpow = 5, 2.0, 3.0
+    moll = M.Mollifier(num_classes=k, roles=roles, beta=2.0, npow=npow, bpow=bpow)
+    b, h, w = 60, 12, 20
+    x = torch.randn(b, 2, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    labels = torch.arange(b) % k
+    out, soft = moll(x, labels, torch.Generator().manual_seed(11))
+    # the same draws in the same order as __call__: roles and times, then eps
+    g = torch.Generator().manual_seed(11)
+    role, t = moll.draw(b, g)
+    eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    names = [roles[r] for r in role.tolist()]
+    assert set(names) == set(roles)
+    out, x, eps, t = out.numpy(), x.numpy(), eps.numpy(), t.double().numpy()
+    gammas = []
+    large_sigma = 0
+    for row, name in enumerate(names):
+        if name == "clean":
+            assert t[row] == 0.0
+            np.testing.assert_array_equal(out[row], x[row])
+            gamma = 0.0
+        elif name == "noise":
+            a, s = math.cos(math.pi * t[row] / 2), math.sin(math.pi * t[row] / 2)
+            np.testing.assert_allclose(out[row], a * x[row] + s * eps[row], atol=1e-12)
+            gamma = (s * s) ** npow
+        else:
+            sigma = 0.3 ** (1 - t[row]) * w ** t[row]  # R = W, the last axis
+            for c in range(2):
+                np.testing.assert_allclose(out[row, c], _dct_heat(x[row, c], sigma), atol=1e-12)
+                if sigma >= 3.0:  # where the sampled Gaussian does not alias (see above)
+                    np.testing.assert_allclose(out[row, c], _gaussian_reflect(x[row, c], sigma), atol=1e-10)
+                    large_sigma += 1
+            gamma = t[row] ** bpow
+        gammas.append(gamma)
+    assert large_sigma > 0
+    gamma = np.array(gammas)[:, None]
+    expected = gamma / k + (1 - gamma) * np.eye(k)[labels.numpy()]
+    np.testing.assert_allclose(soft.numpy(), expected, atol=1e-6)
 
 
 def test_beta_draws_have_the_beta_1_b_mean() -> None:

@@ -14,10 +14,12 @@ On the *normalised* image x (after augmentation and normalisation):
       gamma = (sin^2(pi t / 2))^npow               (= 1 / (1 + SNR)^npow, SNR = cot^2(pi t / 2))
 - blur (heat dissipation in the DCT domain, per channel):
       x_t = IDCT( exp(-Lambda sigma^2 / 2) * DCT(x) ),  Lambda_kl = (pi k / R)^2 + (pi l / R)^2
-      sigma = 0.3^(1 - t) R^t                       (k, l = 0..R-1, R the image side)
+      sigma = 0.3^(1 - t) R^t                       (k, l = 0..R-1; R = W, the last axis: the width)
       gamma = t^bpow
   DCT is the orthonormal 2-D DCT-II, ``D x D^T`` with the R x R matrix D built once per image
-  size; IDCT is ``D^T u D``. (Rectangular images use one matrix per side.)
+  size; IDCT is ``D^T u D``. R is the last axis as in the paper's code (``res[-1]``, square
+  images there). Rectangular H x W images use one matrix per side and Lambda_kl = (pi k / H)^2
+  + (pi l / W)^2 (k = 0..H-1, l = 0..W-1); sigma still grows to R = W.
 
 Targets (``target``):
 
@@ -28,6 +30,11 @@ Targets (``target``):
 
 What each loss trains on these soft targets is `losses.RobustLoss.soft_forward`'s business
 (soft-target cross entropy for ``ce``).
+
+The paper's code computes NLL and ECE on the open (K+1)-way softmax (the sink output included)
+for its sink variant, while this project evaluates every model on the closed softmax over the K
+classes (`loop._evaluate`), so Drainage-sink NLL/ECE are not directly comparable with the
+paper's numbers.
 """
 from __future__ import annotations
 
@@ -55,7 +62,7 @@ def noise_gamma(t: torch.Tensor, npow: float = 1.0) -> torch.Tensor:
 
 
 def blur_sigma(t: torch.Tensor, side: int) -> torch.Tensor:
-    """Blur scale sigma = 0.3^(1 - t) R^t (log-linear from 0.3 px to the image side R)."""
+    """Blur scale sigma = 0.3^(1 - t) R^t (log-linear from 0.3 px to R = ``side``, the last axis W)."""
     return torch.exp((1 - t) * math.log(BLUR_SIGMA_MIN) + t * math.log(side))
 
 
