@@ -1,3 +1,3 @@
 """drainage-bench: benchmark sweeps of robust losses under label noise."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
