@@ -9,7 +9,10 @@ the 6 known / 4 unknown protocol of Neal et al. (ECCV 2018). Each list names the
 
 The lists are kept exactly as published, in their published order. Note that CIFAR-10's splits 0
 and 1 are the same set of known classes ({0, 1, 4, 6, 7, 9}, listed in another order): the
-published protocol averages over 4 distinct splits, one of them twice.
+published protocol averages over 4 distinct splits, one of them twice. ``standard:N`` is list N,
+as Vaze et al. index it (``split_idx``); ARPL's ``osr.py`` runs its item i on list 4 - i. The known
+classes are relabelled 0..K-1 in class-id order, not in list order (a permutation of the label
+ids, which changes nothing for the open-set trials' noise types).
 """
 
 STANDARD_SPLITS: dict[str, tuple[tuple[int, ...], ...]] = {
