@@ -471,7 +471,9 @@ class StudyOwner:
                     continue
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another driver got there first
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(self.study, trial)
+            with warnings.catch_warnings():  # "experimental since v2.8.0": the one documented way to requeue
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(self.study, trial)
             failed.append(trial.number)
         return failed
 
