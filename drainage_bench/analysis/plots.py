@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -371,6 +372,16 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _draw_in_processes(n: int, jobs: int) -> list[tuple[list[Path], str | None]] | None:
+    """`_draw` of every figure in `jobs` forked processes; None where processes cannot be made
+    or one died (no semaphores in a sandbox, the OOM killer): the caller draws them here."""
+    try:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_draw, range(n)))
+    except (OSError, NotImplementedError, BrokenProcessPool):
+        return None
+
+
 def make_figures(selection: Selection, out_dir: str | Path, metric: str | None = None,
                  setting: str | None = None, jobs: int | None = None) -> tuple[list[Path], list[str]]:
     """Every figure the selection allows: (files written, notes on figures left out), in the
@@ -381,10 +392,8 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
     jobs = min(default_jobs() if jobs is None else max(1, jobs), len(plan))
     _PLAN, _OUT = plan, Path(out_dir)
     try:
-        if jobs > 1:
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-                done = list(pool.map(_draw, range(len(plan))))
-        else:
+        done = _draw_in_processes(len(plan), jobs) if jobs > 1 else None
+        if done is None:
             done = [_draw(i) for i in range(len(plan))]
     finally:
         _PLAN = []
