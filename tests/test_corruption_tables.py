@@ -2,8 +2,10 @@
 numbers, against hand-made records."""
 from __future__ import annotations
 
+import io
 import math
 
+import pandas as pd
 import pytest
 
 from drainage_bench.analysis import plots as P
@@ -71,3 +73,5 @@ def test_nll_differences_are_in_units_of_the_metric(store) -> None:
     # LS - CE by seed: 0.20 - 0.30 = -0.10, 0.22 - 0.40 = -0.18 -> mean -0.14 (not -14.00)
     text = T.comparison_text(data, "LS", data.cell("LS", "digits:clean"))
     assert text.startswith(" Δ -0.14 [")
+    csv = pd.read_csv(io.StringIO(T.format_table(data, "csv")))
+    assert csv.loc[(csv["loss"] == "LS") & (csv["column"] == "digits:clean"), "diff_pct"].item() == pytest.approx(-0.14)

@@ -77,6 +77,16 @@ def test_lower_is_better_reverses_the_ranks_and_ties_share_the_average():
     assert rank_matrix(tied)["c"].tolist() == [2.0, 2.0, 4.0, 2.0]  # ranks 1, 2, 3 shared: (1 + 2 + 3) / 3
 
 
+def test_friedman_with_ties_in_a_column_is_tie_corrected():
+    # col1: A = B > C -> ranks 1.5, 1.5, 3; col2: A > B > C -> 1, 2, 3 (k = 3, N = 2)
+    # rank sums 2.5, 3.5, 6: 12 / (N k (k + 1)) * (6.25 + 12.25 + 36) - 3 N (k + 1) = 27.25 - 24 = 3.25
+    # one tie of t = 2: correction 1 - (8 - 2) / (N k (k^2 - 1)) = 1 - 6 / 48 = 0.875 -> 3.25 / 0.875
+    tied = pd.DataFrame({"col1": [0.9, 0.9, 0.8], "col2": [0.9, 0.8, 0.7]}, index=list("ABC"))
+    s = rank_summary(tied)
+    assert s.mean_ranks.to_dict() == pytest.approx({"A": 1.25, "B": 1.75, "C": 3.0})
+    assert s.statistic == pytest.approx(3.25 / 0.875)
+
+
 def test_a_column_without_every_loss_is_left_out_of_the_ranks():
     partial = EXAMPLE.assign(col4=[0.5, np.nan, 0.4, 0.3])
     s = rank_summary(partial)

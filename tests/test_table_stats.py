@@ -120,3 +120,20 @@ def test_latex_with_comparison_and_ranks_compiles(paired, tmp_path):
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_ranks_tie_means_equal_up_to_float_rounding_and_follow_the_metric_direction(tmp_path):
+    # clean: CE 0.90, 0.92, 0.94 (mean 0.9199999999999999 in floats) ties GCE 0.92 x 3 -> 1.5 each,
+    # Drainage 0.91 -> 3; asym0.4: Drainage 0.8 > GCE 0.7 > CE 0.6 -> 1, 2, 3.
+    # Mean ranks: CE (1.5 + 3) / 2 = 2.25, GCE (1.5 + 2) / 2 = 1.75, Drainage (3 + 1) / 2 = 2.
+    # NLL (lower is better): CE 0.3, GCE 0.2, Drainage 0.1 in both columns -> ranks 3, 2, 1.
+    accs = {("ce", "CE"): ([0.90, 0.92, 0.94], 0.6, 0.3), ("gce", "GCE"): ([0.92] * 3, 0.7, 0.2),
+            ("drainage", "Drainage"): ([0.91] * 3, 0.8, 0.1)}
+    rows = [record(loss, display, noise, rate, seed, acc, sweep=SWEEP, final_test_nll=nll)
+            for (loss, display), (clean, noisy, nll) in accs.items() for seed in range(3)
+            for noise, rate, acc in (("none", 0.0, clean[seed]), ("asym", 0.4, noisy))]
+    root = write_rows(tmp_path, rows, sweep=SWEEP)
+    ranks = json.loads(table(root, "--ranks", "--format", "json"))["ranks"]["mean_ranks"]
+    assert ranks == pytest.approx({"CE": 2.25, "GCE": 1.75, "Drainage": 2.0})
+    nll = json.loads(table(root, "--ranks", "--format", "json", "--metric", "final_test_nll"))["ranks"]["mean_ranks"]
+    assert nll == pytest.approx({"CE": 3.0, "GCE": 2.0, "Drainage": 1.0})

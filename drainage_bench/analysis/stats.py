@@ -14,8 +14,9 @@ the treatments (k). Within each column the losses are ranked, 1 the best (direct
 metric), ties sharing the average of the ranks they span; R_j is loss j's mean rank.
 
     Friedman  chi2_F = 12 N / (k (k + 1)) [ sum_j R_j^2 - k (k + 1)^2 / 4 ]   (k - 1 degrees of freedom)
-              (scipy.stats.friedmanchisquare, which also divides by the tie correction
-               1 - sum(t^3 - t) / (N k (k^2 - 1)) over the groups of t tied values)
+              divided by the tie correction 1 - sum(t^3 - t) / (N k (k^2 - 1)) over the groups
+              of t tied values within a column: what is reported is the tie-corrected statistic
+              of scipy.stats.friedmanchisquare (Demšar's formula when no column has ties)
     Nemenyi   CD = q_alpha sqrt( k (k + 1) / (6 N) ),  q_alpha = q_{1-alpha}(k, inf) / sqrt(2)
               (q: the studentized range; k = 6, alpha = 0.05: 2.850 as in Demšar's Table 5)
 

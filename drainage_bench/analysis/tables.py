@@ -923,7 +923,8 @@ def add_ranks(data: TableData) -> TableData:
     """The rank summary of the table's cell means (stats.rank_summary): losses ranked within
     each column, the Friedman test over the columns as blocks, the Nemenyi critical difference."""
     matrix = data.cells["mean"].unstack("column").reindex(index=data.rows, columns=[c.id for c in data.columns])
-    data.ranks = rank_summary(matrix, data.metric.higher_is_better)
+    # means that are equal up to float rounding tie (mean(.90, .92, .94) is 0.9199999999999999)
+    data.ranks = rank_summary(matrix.round(12), data.metric.higher_is_better)
     return data
 
 
@@ -942,7 +943,7 @@ def rank_lines(data: TableData) -> list[str]:
     if math.isnan(s.statistic):
         lines.append("Friedman test: needs at least 3 losses and 2 columns.")
     else:
-        lines.append(f"Friedman test (columns as blocks): chi-square = {s.statistic:.2f}, {s.k - 1} df, "
+        lines.append(f"Friedman test (columns as blocks, tie-corrected): chi-square = {s.statistic:.2f}, {s.k - 1} df, "
                      f"p = {s.pvalue:.3g} (k = {s.k} losses, N = {s.n} columns).")
     if not math.isnan(s.cd):
         cliques = s.cliques()
@@ -958,8 +959,9 @@ def statistics_fields(data: TableData, row: str, cell: pd.Series) -> dict:
     """The comparison and rank columns of csv / json (none without --compare-to / --ranks)."""
     out = {}
     if data.compare_to is not None:
-        out.update(compare_to=data.compare_to, diff_pct=100 * cell["diff"], diff_low_pct=100 * cell["diff_low"],
-                   diff_high_pct=100 * cell["diff_high"], n_pairs=int(cell["n_pairs"]),
+        f = scale(data.metric)  # percentage points, or units of a metric such as NLL (as mean_pct)
+        out.update(compare_to=data.compare_to, diff_pct=f * cell["diff"], diff_low_pct=f * cell["diff_low"],
+                   diff_high_pct=f * cell["diff_high"], n_pairs=int(cell["n_pairs"]),
                    diff_excludes_zero=bool(cell["diff_excludes_zero"]))
     if data.ranks is not None:
         out["mean_rank"] = float(data.ranks.mean_ranks.get(row, math.nan))
