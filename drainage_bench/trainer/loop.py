@@ -224,7 +224,7 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         if isinstance(data, StreamData):
             dataset = getattr(data, part)
             return StreamBatches(dataset, np.arange(len(dataset)) if indices is None else indices, device,
-                                 persistent=training, crop=config.train_crop, seed=config.seed + 2)
+                                 persistent=training, crop=config.train_crop, seed=config.seed + 3)
         images = getattr(data, f"{part}_images")
         return TensorBatches(images if indices is None else images[torch.as_tensor(indices)], device)
 
@@ -442,6 +442,7 @@ def _train(config: TrialConfig, p: Prepared, device: torch.device, precision: Pr
     train_model, train_loss_fn, compiled = compile_for_training(config, model, loss_fn, device)
     forward = Forward(model, p, make_augment(config.augment), aug_gen, precision, train_model)
     mollifier = mollify.from_config(config, p.num_classes)
+    # seeds: data order seed, augmentation + 1, mollification + 2, streamed crops + 3 (`prepare`)
     mollify_gen = torch.Generator(device=device).manual_seed(config.seed + 2)
     eval_batch = eval_batch_size(config.batch_size)
 
