@@ -153,6 +153,30 @@ def test_clothing1m_validation_is_the_clean_validation_keys(tmp_path: Path) -> N
     assert (s["best_val_epoch"], s["test_acc_at_best_val"], s["final_test_acc"]) == (2, 0.40, 0.80)
 
 
+def test_imagenet_folder_without_either_layout_is_one_line_naming_both(tmp_path: Path) -> None:
+    tiny_webvision(tmp_path, [0, 1])
+    write_jpeg(tmp_path / "imagenet/by_index/0/x.JPEG", 0)  # neither val/ nor ILSVRC2012_img_val/
+    with pytest.raises(UserError) as err:
+        load_dataset("webvision", tmp_path)
+    message = str(err.value)
+    assert len(message.splitlines()) == 1, message
+    assert f"{tmp_path / 'imagenet'} has neither val/<wnid>/*.JPEG nor ILSVRC2012_img_val/" in message
+
+
+def test_imagenet_val_folders_give_only_their_image_files(tmp_path: Path) -> None:
+    tiny_webvision(tmp_path, [0, 1])
+    for label in range(50):
+        (tmp_path / "imagenet/val" / SYNSETS[label]).mkdir(parents=True)
+    class0 = tmp_path / "imagenet/val" / SYNSETS[0]
+    for n, name in enumerate(["b.jpg", "a.JPEG", "c.PNG", "d.JpEg", ".hidden.JPEG", "._a.JPEG", "sub.JPEG/e.JPEG"]):
+        write_jpeg(class0 / name, n)
+    (class0 / "notes.txt").write_text("not an image\n")
+    (class0 / "empty").mkdir()
+    files, labels = load_dataset("webvision", tmp_path).evals["imagenet"]
+    assert [p.name for p in files.paths] == ["a.JPEG", "b.jpg", "c.PNG", "d.JpEg"]  # sorted; no dotfile, folder, .txt
+    assert labels.tolist() == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("problem", ["missing list", "missing image", "label outside the classes"])
 def test_bad_layout_is_one_line_naming_the_file_exit_2_nothing_written(tmp_path: Path, problem: str, monkeypatch,
                                                                        capsys) -> None:
@@ -273,6 +297,57 @@ def test_streamed_training_views_depend_on_the_seed_not_on_the_workers(tmp_path:
     assert not torch.equal(passes(0, 6)[0], first)
     center = torch.stack([files[i] for i in order.tolist()])
     assert torch.equal(evaluation, center)  # evaluation: the center view
+
+
+def test_clothing1m_views_squash_to_256x256_webvision_keeps_the_aspect_ratio(tmp_path: Path) -> None:
+    """Clothing1M: torchvision's Resize((256, 256)) + CenterCrop(224), as the drainage code's
+    Clothing1MDatasetLoader, for evaluation and training (train_crop=center) alike; WebVision:
+    Resize(256) (short side) + CenterCrop(224). A 300x200 image, where the two differ. Exact against
+    torchvision.transforms.v2 (uint8 kernels, as the views use); torchvision.transforms (v1, through
+    float) rounds some pixels the other way, and PIL (the reference's images) filters a little
+    differently: both within tolerances."""
+    from torchvision import transforms as T1
+    from torchvision.io import decode_image
+    from torchvision.transforms import v2 as T
+
+    def squashed(image, T=T):
+        return T.CenterCrop(224)(T.Resize((256, 256), antialias=True)(image))
+
+    def short_side(image):
+        return T.CenterCrop(224)(T.Resize(256, antialias=True)(image))
+
+    tiny_clothing1m(tmp_path / "c")
+    train_key, test_key = tmp_path / "c/clothing1m/images/0/00/0.jpg", tmp_path / "c/clothing1m/images/2/00/t0.jpg"
+    write_jpeg(train_key, 1, (300, 200))
+    write_jpeg(test_key, 2, (300, 200))
+    data = load_dataset("clothing1m", tmp_path / "c")
+    assert data.train.square and data.test.square and data.evals["val"][0].square
+    image = decode_image(str(test_key))
+    assert image.shape == (3, 200, 300)
+    expected = squashed(image)
+    assert expected.shape == (3, 224, 224) and not torch.equal(expected, short_side(image))
+    assert torch.equal(data.test[0], expected)
+    for on_device in (False, True):  # the workers' views, and the nvJPEG branch's (decode_jpeg on the CPU)
+        batches = stream.StreamBatches(data.test, np.arange(3), torch.device("cpu"), persistent=False, workers=0,
+                                       decode_on_device=on_device)
+        assert torch.equal(torch.cat([im for _, im in batches(torch.arange(3), 2)])[0], expected)
+        train = stream.StreamBatches(data.train, np.arange(12), torch.device("cpu"), persistent=False, crop="center",
+                                     workers=0, decode_on_device=on_device)
+        assert torch.equal(next(iter(train(torch.tensor([0]), 1, train=True)))[1][0], squashed(decode_image(str(train_key))))
+    assert (squashed(image, T1).int() - expected.int()).abs().max() <= 1
+    from PIL import Image
+
+    with Image.open(test_key) as pil:  # the reference's pipeline: PIL image, v1 transforms
+        reference = T1.functional.pil_to_tensor(squashed(pil.convert("RGB"), T1))
+    assert reference.shape == expected.shape and (reference.float() - expected.float()).abs().mean() < 2
+
+    tiny_webvision(tmp_path / "w", [0, 1])
+    val_image = tmp_path / "w/webvision/val_images_256/val000000.jpg"
+    write_jpeg(val_image, 3, (300, 200))
+    data = load_dataset("webvision", tmp_path / "w")
+    assert not (data.train.square or data.test.square)
+    image = decode_image(str(val_image))
+    assert torch.equal(data.test[0], short_side(image)) and not torch.equal(data.test[0], squashed(image))
 
 
 # --------------------------------------------------------------------------- sampling

@@ -574,21 +574,32 @@ CLOTHING1M_NAMES = (
 STREAMED_DATASETS = ("webvision", "clothing1m")  # datasets whose images stream (train_crop applies)
 
 
-def center_view(image: torch.Tensor, resize: int = STREAM_RESIZE, size: int = STREAM_IMAGE_SIZE) -> torch.Tensor:
-    """The evaluation view: short side resized to ``resize`` (bilinear, antialiased), center crop ``size``."""
+def center_view(image: torch.Tensor, resize: int = STREAM_RESIZE, size: int = STREAM_IMAGE_SIZE,
+                square: bool = False) -> torch.Tensor:
+    """The center view: resized (bilinear, antialiased), then center crop ``size``.
+
+    By default the short side goes to ``resize`` and the aspect ratio is kept (torchvision's
+    ``Resize(256)``, as the drainage code's WebVision transforms); with ``square`` the image is
+    squashed to ``resize`` x ``resize`` (``Resize((256, 256))``, as the drainage code's
+    ``Clothing1MDatasetLoader`` in dataset.py does before ``CenterCrop(224)``, for training and
+    evaluation alike).
+    """
     from torchvision.transforms.v2 import functional as TF
 
-    return TF.center_crop(TF.resize(image, resize, antialias=True), size)
+    return TF.center_crop(TF.resize(image, [resize, resize] if square else resize, antialias=True), size)
 
 
 class ImageFiles(Dataset):
     """Image files: ``read(i)`` their bytes, ``decode(i)`` the whole RGB image (uint8 (3, H, W)),
-    ``dataset[i]`` its evaluation view (short side 256, center crop 224)."""
+    ``dataset[i]`` its center view (:func:`center_view`: short side 256, or with ``square`` the
+    whole image squashed to 256x256 (Clothing1M); then center crop 224)."""
 
-    def __init__(self, paths: list[Path], size: int = STREAM_IMAGE_SIZE, resize: int = STREAM_RESIZE):
+    def __init__(self, paths: list[Path], size: int = STREAM_IMAGE_SIZE, resize: int = STREAM_RESIZE,
+                 square: bool = False):
         self.paths = paths
         self.size = size
         self.resize = resize
+        self.square = square
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -621,7 +632,11 @@ class ImageFiles(Dataset):
             raise OSError(f"{path} cannot be decoded as an image ({exc}); check the dataset files") from exc
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return center_view(self.decode(index), self.resize, self.size)
+        return self.center(self.decode(index))
+
+    def center(self, image: torch.Tensor) -> torch.Tensor:
+        """The center view of a decoded image of these files (their ``resize``, ``size``, ``square``)."""
+        return center_view(image, self.resize, self.size, self.square)
 
 
 def _read_list(path: Path, with_label: bool, folder: _DataFolder) -> list[tuple[str, int]] | list[str]:
@@ -655,18 +670,20 @@ def _check_images_exist(paths: list[Path], listed_in: Path, folder: _DataFolder)
             raise folder.error(path, f"not found (listed in {listed_in.name})")
 
 
-def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class_names, evals=None) -> StreamData:
+def _stream_data(name, train_paths, train_labels, test_paths, test_labels, class_names, evals=None,
+                 square: bool = False) -> StreamData:
+    """Every split's :class:`ImageFiles` with the same view (``square``: see :func:`center_view`)."""
     return StreamData(
         name=name,
-        train=ImageFiles(train_paths),
-        test=ImageFiles(test_paths),
+        train=ImageFiles(train_paths, square=square),
+        test=ImageFiles(test_paths, square=square),
         train_labels=torch.tensor(train_labels, dtype=torch.int64),
         test_labels=torch.tensor(test_labels, dtype=torch.int64),
         num_classes=len(class_names),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         class_names=tuple(class_names),
-        evals={k: (ImageFiles(paths), torch.tensor(labels, dtype=torch.int64))
+        evals={k: (ImageFiles(paths, square=square), torch.tensor(labels, dtype=torch.int64))
                for k, (paths, labels) in (evals or {}).items()},
     )
 
@@ -679,14 +696,24 @@ def _read_synsets(path: Path, folder: _DataFolder) -> list[str]:
     return lines
 
 
-def _imagenet_validation(root: Path, synsets: list[str], folder: _DataFolder) -> tuple[list[Path], list[int]] | None:
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")  # the files taken from imagenet/val/<wnid>/ (case-insensitive)
+
+
+def _is_image_file(path: Path) -> bool:
+    """A plain file, not a dotfile, named with one of IMAGE_SUFFIXES (any case)."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def _imagenet_validation(root: Path, synsets: list[str], folder: _DataFolder) -> tuple[list[Path], list[int]]:
     """The ILSVRC2012 validation images of WebVision's first 50 classes, labelled 0..49.
 
     WebVision's class i is the ImageNet synset on line i of ``info/synsets.txt``. Two layouts:
     ``imagenet/val/<wnid>/*.JPEG`` (torchvision's, or the devkit's valprep.sh), else the flat
     ``imagenet/ILSVRC2012_img_val/ILSVRC2012_val_%08d.JPEG`` with the devkit's
     ``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt`` (line k: the
-    ILSVRC2012_ID of image k) and ``meta.mat`` (ILSVRC2012_ID -> WNID). None if neither is there.
+    ILSVRC2012_ID of image k) and ``meta.mat`` (ILSVRC2012_ID -> WNID). In ``val/<wnid>/`` only
+    image files are taken (.jpeg, .jpg, .png in any case; no dotfiles, no folders). With neither
+    layout under ``imagenet/``, a one-line UserError naming both.
     """
     base = root / "imagenet"
     wanted = synsets[:WEBVISION_CLASSES]
@@ -696,13 +723,14 @@ def _imagenet_validation(root: Path, synsets: list[str], folder: _DataFolder) ->
             class_folder = base / "val" / wnid
             if not class_folder.is_dir():
                 raise folder.error(class_folder, f"not found (the ILSVRC2012 validation folder of WebVision class {label})")
-            files = sorted(class_folder.iterdir())
+            files = sorted(p for p in class_folder.iterdir() if _is_image_file(p))
             paths += files
             labels += [label] * len(files)
         return paths, labels
     images = base / "ILSVRC2012_img_val"
     if not images.is_dir():
-        return None
+        raise folder.error(base, "has neither val/<wnid>/*.JPEG nor ILSVRC2012_img_val/ (with the devkit's "
+                                 "ILSVRC2012_devkit_t12/), the two ILSVRC2012 validation layouts read")
     devkit = base / "ILSVRC2012_devkit_t12" / "data"
     truth, meta = devkit / "ILSVRC2012_validation_ground_truth.txt", devkit / "meta.mat"
     for path in (truth, meta):
@@ -755,9 +783,7 @@ def _load_webvision(root: Path, download: bool) -> StreamData:
     if (root / "imagenet").is_dir():
         if synsets is None:
             raise folder.error(synsets_path, "not found (needed to match the ILSVRC2012 validation images under imagenet/ to WebVision's classes)")
-        imagenet = _imagenet_validation(root, synsets, folder)
-        if imagenet is not None:
-            evals["imagenet"] = imagenet
+        evals["imagenet"] = _imagenet_validation(root, synsets, folder)
     names = tuple(synsets[:WEBVISION_CLASSES]) if synsets else tuple(str(c) for c in range(WEBVISION_CLASSES))
     return _stream_data("webvision", train_paths, train_labels, test_paths, test_labels, names, evals)
 
@@ -774,7 +800,9 @@ def _load_clothing1m(root: Path, download: bool) -> StreamData:
     (the evaluation ``val``, on which the model is selected) and the clean test keys.
 
     Keys (``images/0/00/....jpg``) are relative to ``clothing1m/``; labels come from
-    ``annotations/noisy_label_kv.txt`` and ``annotations/clean_label_kv.txt``.
+    ``annotations/noisy_label_kv.txt`` and ``annotations/clean_label_kv.txt``. Every split's center
+    view squashes the image to 256x256 before the 224 crop (``square``), as the drainage code's
+    ``Clothing1MDatasetLoader`` (dataset.py: ``Resize((256, 256))``, ``CenterCrop(224)``).
     """
     folder = _ensure_available("clothing1m", root, download)
     base = root / "clothing1m"
@@ -796,7 +824,7 @@ def _load_clothing1m(root: Path, download: bool) -> StreamData:
         splits.append((paths, [y for _, y in entries]))
     (train_paths, train_labels), val, (test_paths, test_labels) = splits
     return _stream_data("clothing1m", train_paths, train_labels, test_paths, test_labels, CLOTHING1M_NAMES,
-                        {"val": val})
+                        {"val": val}, square=True)
 
 
 _register(

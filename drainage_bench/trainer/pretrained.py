@@ -15,6 +15,7 @@ same file are comparable only if the hashes agree.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def load_weights(config: TrialConfig) -> PretrainedWeights | None:
         return None
     raw = path.read_bytes()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)  # the bytes hashed
     except Exception as err:  # noqa: BLE001 - refused globals, truncated files, not a torch file
         raise UserError(f"{path} is not a torch state-dict file readable with weights_only=True ({err})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -10,12 +10,15 @@ The rest of the augmentation (flip, colour jitter, cutout) runs on the device on
 
 Views (the ``train_crop`` field for training; evaluation always uses ``center``):
 
-- ``center``: short side resized to 256 (bilinear, antialiased), center crop 224x224. The
-  evaluation view, and Clothing1M's training view.
+- ``center``: short side resized to 256 (bilinear, antialiased), center crop 224x224; for files
+  with ``square`` set (Clothing1M) the whole image is squashed to 256x256 instead (the drainage
+  code's ``Resize((256, 256))``), then center crop 224x224. The evaluation view, and Clothing1M's
+  training view.
 - ``random_resized``: torchvision's ``RandomResizedCrop(224)``: a box of area fraction
   s ~ U(0.08, 1) and aspect ratio r with log r ~ U(log 3/4, log 4/3), at a uniform position, up to
   10 tries; else the central box with the ratio clamped to [3/4, 4/3]; resized to 224x224
-  (bilinear, antialiased). WebVision's training view (as in the reference code).
+  (bilinear, antialiased). WebVision's training view (as in the reference code); ``square`` does
+  not apply to it.
 
 Seeding: for every training pass the main process draws one seed per sample, in batch order,
 from a generator seeded with the trial's seed; a sample's crop comes from a ``torch.Generator``
@@ -84,10 +87,11 @@ CROPS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
 }
 
 
-def view(image: torch.Tensor, crop: str, seed: int) -> torch.Tensor:
-    """The 224x224 view of a decoded image: ``crop`` seeded with ``seed`` (NO_SEED: center)."""
-    if seed == NO_SEED:
-        return center_view(image)
+def view(image: torch.Tensor, crop: str, seed: int, square: bool = False) -> torch.Tensor:
+    """The 224x224 view of a decoded image: ``crop`` seeded with ``seed`` (NO_SEED: center);
+    the center view squashes to 256x256 first with ``square`` (see ``data.center_view``)."""
+    if seed == NO_SEED or crop == "center":
+        return center_view(image, square=square)
     return CROPS[crop](image, torch.Generator().manual_seed(seed))
 
 
@@ -105,7 +109,7 @@ class _Views(torch.utils.data.Dataset):
         index = int(self.indices[pos])
         if self.raw:
             return pos, self.files.read(index), seed, index
-        return pos, view(self.files.decode(index), self.crop, seed)
+        return pos, view(self.files.decode(index), self.crop, seed, self.files.square)
 
 
 class _KeyedBatches:
@@ -185,5 +189,5 @@ class StreamBatches:
             images = decode_jpeg(list(raw), mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
             images = [self.files.decode(i).to(self.device) for i in indices]
-        views = [view(image, self.crop, seed) for image, seed in zip(images, seeds)]
+        views = [view(image, self.crop, seed, self.files.square) for image, seed in zip(images, seeds)]
         return torch.tensor(pos), torch.stack(views)
