@@ -69,22 +69,15 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def refresh(folder: Path, index_path: Path) -> tuple[pa.Table | None, bool]:
-    """Bring the index of `folder` up to date. Returns (the whole index table if it had to be
-    rebuilt, else None: the file on disk is current; whether anything changed)."""
-    current = stamps(folder)
-    try:
-        known = pq.read_table(index_path, columns=[FILE, STAMP])
-        known_stamps = dict(zip(known.column(FILE).to_pylist(), known.column(STAMP).to_pylist()))
-    except (FileNotFoundError, pa.ArrowInvalid, pa.ArrowTypeError, KeyError, OSError):
-        known_stamps = None
-    if known_stamps is not None and known_stamps == current:
-        return None, False
+def _rebuild(folder: Path, index_path: Path, current: dict[str, str], known_stamps: dict[str, str] | None,
+             old: Callable[[], pa.Table]) -> pa.Table:
+    """The index of `folder` from the rows of `old()` whose file has the same stamp and the files
+    that are new or were replaced; written in place of the index file (removed when empty)."""
     keep = set() if known_stamps is None else {f for f, s in known_stamps.items() if current.get(f) == s}
     parts = []
     if keep:
-        old = pq.read_table(index_path)
-        parts.append(old.filter(pc.is_in(old.column(FILE), value_set=pa.array(sorted(keep), pa.string()))))
+        rows = old()
+        parts.append(rows.filter(pc.is_in(rows.column(FILE), value_set=pa.array(sorted(keep), pa.string()))))
     for name in sorted(set(current) - keep):
         table = _read_file(folder / name, current[name])
         if table is not None:
@@ -92,23 +85,40 @@ def refresh(folder: Path, index_path: Path) -> tuple[pa.Table | None, bool]:
     parts = [p for p in parts if p.num_rows]
     if not parts:
         _remove(index_path)
-        return pa.table({FILE: pa.array([], pa.string()), STAMP: pa.array([], pa.string())}), True
+        return pa.table({FILE: pa.array([], pa.string()), STAMP: pa.array([], pa.string())})
     table = _concat(parts)
     table = table.take(pc.sort_indices(table, sort_keys=[(FILE, "ascending")]))  # file order, as a direct read
     _write(table, index_path)
-    return table, True
+    return table
 
 
 def read(folder: Path, index_path: Path, columns: list[str] | None = None,
          filter_for: FilterFor | None = None) -> pa.Table:
     """The rows of every file of `folder` (refreshing the index first), projected to `columns`
-    (those that exist) and filtered by `filter_for(schema)`, pushed down into the parquet read."""
-    table, _ = refresh(folder, index_path)
-    if table is not None:  # rebuilt: filter the table in memory
-        source = ds.dataset(table)
-    else:
-        source = ds.dataset(str(index_path), format="parquet")
-    return _select(source, columns, filter_for)
+    (those that exist) and filtered by `filter_for(schema)`, pushed down into the parquet read.
+
+    The index file is mapped once and every read of it goes through that mapping: another reader
+    renaming a fresh index over the path meanwhile cannot mix the footer of one file with the
+    pages of the other (a second open by path could)."""
+    current = stamps(folder)
+    try:
+        mapped = pa.memory_map(str(index_path))
+    except OSError:  # no index yet (FileNotFoundError among them)
+        mapped = None
+    if mapped is not None:
+        with mapped:
+            try:
+                fragment = ds.ParquetFileFormat().make_fragment(mapped)
+                known = fragment.to_table(columns=[FILE, STAMP])
+                known_stamps = dict(zip(known.column(FILE).to_pylist(), known.column(STAMP).to_pylist()))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, OSError):  # damaged or foreign: rebuild
+                known_stamps = None
+            if known_stamps == current:  # current: the selection straight from the mapped file
+                return _select(fragment, columns, filter_for)
+            if known_stamps is not None:
+                return _select(ds.dataset(_rebuild(folder, index_path, current, known_stamps, fragment.to_table)),
+                               columns, filter_for)
+    return _select(ds.dataset(_rebuild(folder, index_path, current, None, pa.table)), columns, filter_for)
 
 
 def read_files(files: list[Path], columns: list[str] | None = None, filter_for: FilterFor | None = None) -> pa.Table:
@@ -134,10 +144,11 @@ def read_tagged(files: dict[str, Path], columns: list[str] | None = None, tag: s
     return table.append_column(tag, pa.DictionaryArray.from_arrays(codes, pa.array(keys, pa.string())))
 
 
-def _select(source: ds.Dataset, columns: list[str] | None, filter_for: FilterFor | None) -> pa.Table:
-    names = [n for n in source.schema.names if n not in (FILE, STAMP)]
+def _select(source: ds.Dataset | ds.Fragment, columns: list[str] | None, filter_for: FilterFor | None) -> pa.Table:
+    schema = source.physical_schema if isinstance(source, ds.Fragment) else source.schema
+    names = [n for n in schema.names if n not in (FILE, STAMP)]
     wanted = names if columns is None else [c for c in dict.fromkeys(columns) if c in names]
-    expression = filter_for(source.schema) if filter_for is not None else None
+    expression = filter_for(schema) if filter_for is not None else None
     return source.to_table(columns=wanted, filter=expression)
 
 
