@@ -1,6 +1,7 @@
 """The trainer against a reference-style PyTorch loop on MNIST, side by side in one run.
 
     python benchmarks/reference_loop.py --data-root ../shared/datasets [--epochs 1] [--seeds 0 1 2] [--workers 2]
+                                        [--set amp=true ...]   (trainer settings away from the defaults)
 
 Both train the same model (the MNIST recipe's cnn4), with the same loss (CE), batch (128),
 optimiser (SGD, lr 0.01, momentum 0.9, weight decay 1e-3), gradient clip (5), cosine schedule
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from drainage_bench.config import build_config
+from drainage_bench.config import build_config, parse_set
 from drainage_bench.trainer.loop import run_trial, seed_everything
 from drainage_bench.trainer.models import make_model
 
@@ -105,13 +106,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a trainer setting away from its defaults, e.g. amp=true (bf16 on a CPU with bf16)")
     args = parser.parse_args()
     n_train = 60_000
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         train, test = torchvision_mnist(args.data_root, Path(workdir))
         for seed in args.seeds:
-            config = build_config("mnist", "ce", {"epochs": args.epochs, "seed": seed, "device": "cpu",
+            config = build_config("mnist", "ce", {**parse_set(args.overrides), "epochs": args.epochs, "seed": seed,
+                                                  "device": "cpu",
                                                   "data_root": str(args.data_root)})
             result = run_trial(config)
             assert result.status == "ok", result.error
@@ -120,7 +124,7 @@ def main() -> None:
             ref = n_train / statistics.median(ref_seconds)
             bare = model_step_rate(config)
             rows.append((seed, ours, result.summary["final_test_acc"], ref, ref_acc,
-                         result.record().get("compile_status", ""), bare))
+                         f'{result.record().get("compile_status", "")}, {result.record().get("precision", "")}', bare))
             print(f"seed {seed}: trainer {ours:,.0f} samples/s, test {100 * rows[-1][2]:.2f}% "
                   f"({rows[-1][5]}) | reference {ref:,.0f} samples/s, test {100 * ref_acc:.2f}% | "
                   f"ratio {ours / ref:.2f}x | eager model step alone {bare:,.0f} samples/s "
