@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from drainage_bench.analysis.plots import _grid, _legend, loss_colors
+from drainage_bench.analysis.plots import _grid, loss_colors
 from drainage_bench.analysis.store import ResultsStore
 from drainage_bench.analysis.tables import Selection
 from drainage_bench.catalog import OPENSET_SCORES
