@@ -28,6 +28,7 @@ are large and are read per trial, never indexed. A few trials named by id are re
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -101,7 +102,7 @@ class ResultsStore:
     def trial_ids(self) -> set[str]:
         """The trial_ids with a record (finished or failed)."""
         folder = self.path / "trials"
-        return {p.stem for p in folder.glob("*.parquet")} if folder.is_dir() else set()
+        return {p.stem for p in trial_files(folder)} if folder.is_dir() else set()
 
     def read(self, kind: str, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None,
              filter_for: index.FilterFor | None = None) -> pd.DataFrame:
@@ -111,18 +112,15 @@ class ResultsStore:
         if not folder.is_dir():
             return pd.DataFrame()
         ids = None if trial_ids is None else sorted(set(trial_ids))
-        try:
+        with _readable(folder):
             if kind in UNINDEXED or (ids is not None and len(ids) <= DIRECT_MAX):
-                files = sorted(folder.glob("*.parquet")) if ids is None else [
-                    p for p in (folder / f"{t}.parquet" for t in ids) if p.exists()]
+                files = trial_files(folder, ids)
                 if not files:
                     return pd.DataFrame()
                 table = index.read_files(files, columns, filter_for)
             else:
                 table = index.read(folder, self.path / "index" / f"{kind}.parquet", columns,
                                    _with_ids(filter_for, ids))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
-            raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
         return table.to_pandas()
 
     def trials(self, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None,
@@ -144,12 +142,8 @@ class ResultsStore:
         folder = self.path / "samples"
         if not folder.is_dir():
             return pd.DataFrame()
-        have = {name.removesuffix(".parquet") for name in index.stamps(folder)}  # one listing, no stat per id
-        ids = sorted(have if trial_ids is None else have.intersection(trial_ids))
-        try:
-            table = index.read_tagged({t: folder / f"{t}.parquet" for t in ids})
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
-            raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
+        with _readable(folder):
+            table = index.read_tagged({p.stem: p for p in trial_files(folder, trial_ids)})
         return table.to_pandas() if table.num_rows else pd.DataFrame()
 
     def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
@@ -203,16 +197,25 @@ def _with_ids(filter_for: index.FilterFor | None, ids: list[str] | None) -> inde
 def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """Every parquet file of a folder (optionally only some trial_ids), read file by file,
     without the index: what the index must reproduce (tests, the benchmark's baseline)."""
-    if not folder.is_dir():
-        return pd.DataFrame()
-    if trial_ids is None:
-        files = sorted(folder.glob("*.parquet"))
-    else:
-        files = [p for p in (folder / f"{t}.parquet" for t in sorted(set(trial_ids))) if p.exists()]
+    files = trial_files(folder, trial_ids) if folder.is_dir() else []
     if not files:
         return pd.DataFrame()
-    try:
+    with _readable(folder):
         return index.read_files(files, columns).to_pandas()
+
+
+def trial_files(folder: Path, trial_ids: Iterable[str] | None = None) -> list[Path]:
+    """The per-trial files of `folder`: all of them, or those of `trial_ids` that exist; by trial_id."""
+    if trial_ids is None:
+        return sorted(folder.glob("*.parquet"))
+    return [p for p in (folder / f"{t}.parquet" for t in sorted(set(trial_ids))) if p.exists()]
+
+
+@contextmanager
+def _readable(folder: Path):
+    """A file of `folder` that parquet cannot read becomes one line saying which folder and what to do."""
+    try:
+        yield
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
         raise UserError(f"cannot read the results in {folder}: {err}; remove the damaged file") from None
 

@@ -146,9 +146,9 @@ def openset_summary(scores: dict[str, np.ndarray]) -> dict[str, float]:
         score = np.asarray(scores[f"score_{name}"], dtype=float)
         if np.isnan(score).all():
             continue  # p_d of a model without a drainage node
-        for metric, formula in SCORE_METRICS.items():  # a non-finite score (a diverged model): NaN
-            out[f"openset_{metric}_{name}"] = formula(score, is_unknown, correct) if np.isfinite(score).all() \
-                else math.nan
+        finite = np.isfinite(score).all()  # else a diverged model: its metrics are NaN
+        for metric, formula in SCORE_METRICS.items():
+            out[f"openset_{metric}_{name}"] = formula(score, is_unknown, correct) if finite else math.nan
     if not np.isnan(np.asarray(scores["score_pd"], dtype=float)).all():
         out["openset_drain_rejects_unknown"], out["openset_drain_rejects_known"] = \
             drainage_rejection(scores["drained"], is_unknown)
