@@ -237,6 +237,8 @@ def _validate(c: TrialConfig) -> None:
     _check(not c.mollify or c.mollify_target != "sink" or losses.LOSSES[c.loss].extra_outputs == 1,
            "mollify_target", c.mollify_target, "sink puts the smoothing mass on the drainage output: only for loss=drainage")
     corruptions.validate_corruptions(c.corruptions, c.dataset)
+    _check(not (c.openset and c.corruptions not in ("", "synthetic")), "corruptions", c.corruptions,
+           "'synthetic' or '' with openset (the released files label every class; the model knows some)")
     _check(_integer(c.corruption_images) and c.corruption_images >= 0, "corruption_images", c.corruption_images,
            "an integer >= 0 (0: the whole test set)")
     if c.drainage_logit is not None:

@@ -310,3 +310,16 @@ def test_open_set_scores_of_fixed_logits_by_hand() -> None:
 def test_split_numbers_are_plain_ascii_integers(spec: str) -> None:
     with pytest.raises(UserError, match="is invalid"):
         parse_openset(spec, "mnist")
+
+
+@pytest.mark.slow
+def test_corruptions_of_an_open_set_trial_are_of_its_known_classes() -> None:
+    # digits' test set has 540 images; the 6 known classes 0..5 hold (test < 6).sum() of them
+    config = build_config("digits", "ce", {"openset": SIX, "epochs": 1, "corruptions": "synthetic"})
+    result = run_trial(config)
+    assert result.status == "ok", result.error
+    n_known = int((load_dataset("digits", Path(".")).test_labels < 6).sum())
+    assert 0 < n_known < 540 and len(result.corruptions) == 11 * 5
+    assert all(0 <= row["error"] <= 1 for row in result.corruptions)
+    with pytest.raises(UserError, match="the released files label every class"):
+        build_config("cifar10", "ce", {"openset": "standard:0", "corruptions": "cifar10-c"})

@@ -194,6 +194,8 @@ class Prepared:
     pretrained: PretrainedWeights | None = None  # starting weights (the `pretrained` field)
     openset: OpenSetTest | None = None         # open-set trials: known + unknown test samples
     train_relabelled: torch.Tensor | None = None  # open-set "relabel": unknown-class training samples
+    test_set: tuple[torch.Tensor, torch.Tensor] | None = None  # (uint8 images, labels) in memory, CPU:
+    # the closed-set test set as trained for (open-set: the known classes), for corrupted copies
 
 
 def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = True) -> Prepared:
@@ -252,6 +254,7 @@ def prepare(config: TrialConfig, device: torch.device, evaluate_test: bool = Tru
         in_channels=info.in_channels, image_size=info.image_size,
         noise_record=noisy.record(data.train_labels, config.dataset, config.noise, config.noise_rate),
         pretrained=load_weights(config),
+        test_set=(data.test_images, data.test_labels) if isinstance(data, TensorData) else None,
         openset=openset.test if openset and evaluate_test else None,  # a search never sees the test set
         train_relabelled=on_device(openset.train_relabelled, train_idx) if openset else None)
 
@@ -560,13 +563,12 @@ def _evaluate(forward, batches, labels: torch.Tensor | None, num_classes: int) -
 def _evaluate_corruptions(config: TrialConfig, forward, p: Prepared, root: Path,
                           device: torch.device) -> list[dict[str, Any]]:
     """Error, NLL and ECE of the trained model on every (corruption, severity) cell."""
-    data = load_dataset(config.dataset, root)
-    if not isinstance(data, TensorData):
+    if p.test_set is None:
         raise UserError(f"corruptions={config.corruptions!r}: {config.dataset} streams its images; "
                         "corruptions need an in-memory test set")
     rows = []
     batch = eval_batch_size(config.batch_size)
-    for cell in corruption_sets.cells(config, data.test_images, data.test_labels, root, device):
+    for cell in corruption_sets.cells(config, *p.test_set, root, device):
         scores = _evaluate(forward, cell.batches(batch), None, p.num_classes)
         rows.append({"corruption": cell.corruption, "group": cell.group, "severity": cell.severity,
                      "error": 1.0 - scores["acc"], "nll": scores["nll"], "ece": scores["ece"]})
