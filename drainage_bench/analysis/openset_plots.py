@@ -20,7 +20,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from drainage_bench.analysis.plots import _grid, loss_colors
-from drainage_bench.analysis.store import ResultsStore
 from drainage_bench.analysis.tables import Selection
 from drainage_bench.catalog import OPENSET_SCORES
 from drainage_bench.metrics.openset import auroc
@@ -36,10 +35,11 @@ def _openset_trials(selection: Selection) -> pd.DataFrame:
 
 def load_scores(selection: Selection, trials: pd.DataFrame) -> pd.DataFrame:
     """The per-sample open-set rows of `trials`, with trial_id and the table row."""
-    parts = [ResultsStore(selection.root, sweep).openset([t]).assign(trial_id=t, row=row)
-             for sweep, t, row in zip(trials["sweep"], trials["trial_id"], trials["row"])]
-    parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    scores = selection.openset(trials["trial_id"])
+    if scores.empty:
+        return scores
+    return scores.astype({"trial_id": str}).merge(trials[["trial_id", "row"]].drop_duplicates("trial_id"),
+                                                   on="trial_id")
 
 
 def _runs(part: pd.DataFrame) -> str:
@@ -120,14 +120,14 @@ def score_histograms(selection: Selection, scores: pd.DataFrame | None = None, b
     return fig
 
 
-def relabel_histograms(selection: Selection, bins: int = 25) -> Figure | None:
+def relabel_histograms(selection: Selection, scores: pd.DataFrame | None = None, bins: int = 25) -> Figure | None:
     """Drainage probability of known / relabelled-unknown training samples and known / unknown
     test samples, for drainage trials with ``openset_unknown_train = "relabel"`` (one panel per loss)."""
     trials = _openset_trials(selection)
     if "openset_unknown_train" not in trials:
         return None
     trials = trials[trials["openset_unknown_train"] == "relabel"]
-    scores = load_scores(selection, trials)
+    scores = load_scores(selection, trials) if scores is None else scores[scores["trial_id"].isin(trials["trial_id"])]
     samples = selection.samples(trials["trial_id"])
     if scores.empty or samples.empty or "is_relabelled" not in samples or scores["score_pd"].isna().all():
         return None
@@ -170,6 +170,6 @@ def openset_figures(selection: Selection) -> dict[str, tuple[Callable[[], Figure
     return {
         "openset_roc": (lambda: roc_curves(selection, scores), "no per-sample open-set scores"),
         "openset_score_histograms": (lambda: score_histograms(selection, scores), "no per-sample open-set scores"),
-        "openset_relabel": (lambda: relabel_histograms(selection),
+        "openset_relabel": (lambda: relabel_histograms(selection, scores),
                             "no drainage trial with openset_unknown_train=relabel"),
     }

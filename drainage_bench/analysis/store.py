@@ -137,18 +137,22 @@ class ResultsStore:
         return self.read("epochs", trial_ids)
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Per training sample rows of the drainage trials (all, or some trial_ids), each with its
-        ``trial_id`` (a categorical column): one file per trial, read in one pass."""
-        folder = self.path / "samples"
+        """Per training sample rows of the drainage trials (all, or some trial_ids)."""
+        return self.read_tagged("samples", trial_ids)
+
+    def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""
+        return self.read_tagged("openset", trial_ids)
+
+    def read_tagged(self, kind: str, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """One row per sample of a per-sample kind (``samples``, ``openset``: too many rows per trial
+        for the index), each with its ``trial_id`` (a categorical column); one pass over the files."""
+        folder = self.path / kind
         if not folder.is_dir():
             return pd.DataFrame()
         with _readable(folder):
             table = index.read_tagged({p.stem: p for p in trial_files(folder, trial_ids)})
         return table.to_pandas() if table.num_rows else pd.DataFrame()
-
-    def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """Per open-set test sample rows (see trainer/openset.py's openset_scores)."""
-        return read_folder(self.path / "openset", trial_ids)
 
     def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per (trial, corruption, severity): group, error, nll, ece."""

@@ -139,7 +139,14 @@ class Selection:
 
     def samples(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per-sample rows (drainage_prob, is_noisy, trial_id) of the selected drainage trials."""
-        parts = [store.samples(ids) for store, ids in self._by_sweep(trial_ids)]
+        return self._tagged("samples", trial_ids)
+
+    def openset(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per open-set test sample rows (scores, labels, trial_id) of the selected trials."""
+        return self._tagged("openset", trial_ids)
+
+    def _tagged(self, kind: str, trial_ids: Iterable[str] | None) -> pd.DataFrame:
+        parts = [store.read_tagged(kind, ids) for store, ids in self._by_sweep(trial_ids)]
         parts = [p for p in parts if not p.empty]
         if len(parts) == 1:
             return parts[0]
