@@ -198,16 +198,6 @@ def _with_ids(filter_for: index.FilterFor | None, ids: list[str] | None) -> inde
     return both
 
 
-def read_folder(folder: Path, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """Every parquet file of a folder (optionally only some trial_ids), read file by file,
-    without the index: what the index must reproduce (tests, the benchmark's baseline)."""
-    files = trial_files(folder, trial_ids) if folder.is_dir() else []
-    if not files:
-        return pd.DataFrame()
-    with _readable(folder):
-        return index.read_files(files, columns).to_pandas()
-
-
 def trial_files(folder: Path, trial_ids: Iterable[str] | None = None) -> list[Path]:
     """The per-trial files of `folder`: all of them, or those of `trial_ids` that exist; by trial_id."""
     if trial_ids is None:
