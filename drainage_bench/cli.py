@@ -112,9 +112,9 @@ def train(
     from drainage_bench.config import build_config, parse_set
     from drainage_bench.trainer.noise import check_label_files, noise_fields
 
-    if cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
+    from drainage_bench.trainer.provenance import threads_for
 
+    threads_for(cpus_per_trial)  # a share <= 0 stops here, before anything runs
     overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -480,10 +480,7 @@ def tune(
     if in_process:  # trials in this process follow the thread policy of Ray's trials
         from drainage_bench.trainer.provenance import use_cpu_share
 
-        cpus = cpus_per_trial if cpus_per_trial is not None else plan.resources.get("cpus_per_trial", 1)
-        if cpus <= 0:
-            raise UserError(f"--cpus-per-trial={cpus:g} must be > 0")
-        use_cpu_share(cpus)
+        use_cpu_share(cpus_per_trial if cpus_per_trial is not None else plan.resources.get("cpus_per_trial", 1))
     _require_dataset(plan.searches[0].base.dataset, data_root, address)
     from drainage_bench.trainer.noise import check_label_files
 

@@ -44,3 +44,13 @@ def test_sweeps_lists_the_shipped_specs_with_trial_counts() -> None:
     assert out.returncode == 0, out.stderr
     quick = next(line.strip() for line in out.stdout.splitlines() if line.split()[:1] == ["quickstart"])
     assert quick.split()[1:3] == ["digits", "36"]  # 6 losses x 3 noise settings x 2 seeds
+
+
+def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: Path) -> None:
+    from conftest import assert_user_error
+
+    for args in (["train", "--dataset", "digits", "--loss", "ce", "--cpus-per-trial", "0"],
+                 ["sweep", "quickstart", "--cpus-per-trial", "0"],
+                 ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.4", "--cpus-per-trial", "-1"]):
+        out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
+        assert_user_error(out, "must be > 0", tmp_path / "res")

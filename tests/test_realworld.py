@@ -418,12 +418,8 @@ def test_real_noise_specs_have_the_paper_losses_times_3_seeds() -> None:
 
 def test_new_fields_at_their_defaults_keep_old_trial_ids() -> None:
     config = build_config("digits", "ce")
-    # the canonical form of version 0.1 (no field added since), hashed by hand
-    import json
-
-    blob = json.dumps({k: v for k, v in config.canonical().items()}, sort_keys=True, separators=(",", ":"))
+    assert config.trial_id == "ce-clean-s0-73113bba8e"  # what version 0.1 gave this config
     assert not {"nesterov", "train_crop", "balanced_subsample", "pretrained"} & set(config.canonical())
-    assert config.trial_id.endswith(hashlib.sha256(blob.encode()).hexdigest()[:10])
     assert config.replace(nesterov=True).trial_id != config.trial_id
     with pytest.raises(UserError, match="train_crop"):
         build_config("digits", "ce", {"train_crop": "random_resized"})

@@ -242,7 +242,6 @@ class SpecInfo:
     expected: pd.DataFrame | None = None
     rows: list[str] = field(default_factory=list)
     metric: str | None = None
-    note: str | None = None
 
 
 def spec_info(store: ResultsStore) -> SpecInfo:
@@ -393,7 +392,7 @@ def load_selection(root: str | Path, sweeps: list[str] | None = None, where: lis
     return Selection(root=root, sweeps=names, trials=trials.reset_index(drop=True), expected=exp,
                      row_order=[r for r in seen if r in present],
                      columns=_columns(both),
-                     notes=[i.note for i in infos if i.note], metric=metrics[0] if metrics else "final_test_acc")
+                     metric=metrics[0] if metrics else "final_test_acc")
 
 
 def _registry_order(frame: pd.DataFrame) -> list[str]:

@@ -80,8 +80,9 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool,
     ``device=cuda`` in a config needs a GPU share: without one, the trial would use a GPU that Ray
     does not know is taken.
     """
-    if res.cpus_per_trial <= 0:
-        raise UserError(f"--cpus-per-trial={res.cpus_per_trial} must be > 0")
+    from drainage_bench.trainer.provenance import threads_for
+
+    threads_for(res.cpus_per_trial)  # refuses a share <= 0
     if not 0 <= res.gpus_per_trial <= 1:
         raise UserError(f"--gpus-per-trial={res.gpus_per_trial:g} must be between 0 and 1: a trial uses one GPU "
                         "(0.25 packs four trials on a GPU)")

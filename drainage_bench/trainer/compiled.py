@@ -28,7 +28,6 @@ class CompileState:
     """What compile did in one trial (recorded as compile_status, compile_seconds)."""
 
     status: str = "off"
-    note: str = ""
     _since_us: int = field(default=0, repr=False)
 
     def seconds(self) -> float:
@@ -74,7 +73,7 @@ class _EagerOnFailure(nn.Module):
 def _eager(state: CompileState, why: str, trial_id: str) -> None:
     if state.status.startswith("eager"):  # the loss after the model: the first reason is the one
         return
-    state.status, state.note = f"eager: {why}", why
+    state.status = f"eager: {why}"
     print(f"trial {trial_id}: {why}; training eagerly", file=sys.stderr, flush=True)
 
 

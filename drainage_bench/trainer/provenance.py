@@ -15,11 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from drainage_bench.errors import UserError
+
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's setting for reproducible results (CUDA docs, "Results reproducibility")
 
 
 def threads_for(cpus_per_trial: float) -> int:
-    """torch threads of a trial: its whole CPUs, at least one (0.5 CPU runs on one thread)."""
+    """torch threads of a trial: its whole CPUs, at least one (0.5 CPU runs on one thread). A share
+    that is not > 0 is refused here, for every entry point (train, sweep, tune)."""
+    if not cpus_per_trial > 0:
+        raise UserError(f"--cpus-per-trial={cpus_per_trial:g} must be > 0")
     return max(1, int(cpus_per_trial))
 
 
