@@ -352,16 +352,28 @@ def figure_plan(selection: Selection, metric: str | None = None,
     return plan
 
 
-_PLAN: list[tuple[str, Callable[[], Figure | None], str]] = []  # what forked workers draw
-_OUT: Path = Path()
+Plan = list[tuple[str, Callable[[], Figure | None], str]]  # (stem, draw, why it may be missing)
 
 
-def _draw(i: int) -> tuple[list[Path], str | None]:
-    stem, draw, why = _PLAN[i]
+def _draw(plan: Plan, i: int, out_dir: Path) -> tuple[list[Path], str | None]:
+    stem, draw, why = plan[i]
     fig = draw()
     if fig is None:
         return [], f"{stem}: not drawn ({why})"
-    return write_figure(fig, _OUT, stem), None
+    return write_figure(fig, out_dir, stem), None
+
+
+_WORKER: tuple[Plan, Path] | None = None  # a forked worker's plan (fork copies it: nothing pickled)
+
+
+def _start_worker(plan: Plan, out_dir: Path) -> None:
+    global _WORKER
+    _WORKER = (plan, out_dir)
+
+
+def _draw_in_worker(i: int) -> tuple[list[Path], str | None]:
+    plan, out_dir = _WORKER
+    return _draw(plan, i, out_dir)
 
 
 def default_jobs() -> int:
@@ -372,12 +384,13 @@ def default_jobs() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def _draw_in_processes(n: int, jobs: int) -> list[tuple[list[Path], str | None]] | None:
+def _draw_in_processes(plan: Plan, out_dir: Path, jobs: int) -> list[tuple[list[Path], str | None]] | None:
     """`_draw` of every figure in `jobs` forked processes; None where processes cannot be made
     or one died (no semaphores in a sandbox, the OOM killer): the caller draws them here."""
     try:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_draw, range(n)))
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
+                                 initargs=(plan, out_dir)) as pool:
+            return list(pool.map(_draw_in_worker, range(len(plan))))
     except (OSError, NotImplementedError, BrokenProcessPool):
         return None
 
@@ -387,15 +400,11 @@ def make_figures(selection: Selection, out_dir: str | Path, metric: str | None =
     """Every figure the selection allows: (files written, notes on figures left out), in the
     plan's order. Figures are independent: with ``jobs > 1`` they are drawn and saved by that many
     forked processes at once (matplotlib's drawing is single-threaded Python)."""
-    global _PLAN, _OUT
     plan = [(stem, draw, why) for stem, (draw, why) in figure_plan(selection, metric, setting).items()]
     jobs = min(default_jobs() if jobs is None else max(1, jobs), len(plan))
-    _PLAN, _OUT = plan, Path(out_dir)
-    try:
-        done = _draw_in_processes(len(plan), jobs) if jobs > 1 else None
-        if done is None:
-            done = [_draw(i) for i in range(len(plan))]
-    finally:
-        _PLAN = []
+    out_dir = Path(out_dir)
+    done = _draw_in_processes(plan, out_dir, jobs) if jobs > 1 else None
+    if done is None:
+        done = [_draw(plan, i, out_dir) for i in range(len(plan))]
     paths = [p for written, _ in done for p in written]
     return paths, [note for _, note in done if note]

@@ -18,6 +18,8 @@ random draw comes from ``generator``, which must live on the images' device. Reg
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import torch
@@ -84,14 +86,10 @@ def crop_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return random_flip(random_crop(images, generator), generator)
 
 
-def crop_flip_rotate(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def crop_flip_rotate(images: torch.Tensor, generator: torch.Generator, **angles) -> torch.Tensor:
+    """``crop_flip``, then `rotate` by `random_angles` (its ``max_degrees`` by default, or as given)."""
     images = crop_flip(images, generator)
-    return rotate(images, random_angles(images.shape[0], generator, images.device))
-
-
-def crop_flip_rotate15(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    images = crop_flip(images, generator)
-    return rotate(images, random_angles(images.shape[0], generator, images.device, max_degrees=15.0))
+    return rotate(images, random_angles(images.shape[0], generator, images.device, **angles))
 
 
 # --------------------------------------------------------------------------- colour jitter, cutout
@@ -195,7 +193,7 @@ AUGMENTS: dict[str, Augment] = {
     "crop_flip_rotate": crop_flip_rotate,
     "flip_jitter": flip_jitter,
     "cutout": cutout,
-    "crop_flip_rotate15": crop_flip_rotate15,
+    "crop_flip_rotate15": functools.partial(crop_flip_rotate, max_degrees=15.0),
 }
 
 
