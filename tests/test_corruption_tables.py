@@ -64,7 +64,10 @@ def test_severity_curves_by_hand(store) -> None:
     assert curves.loc[("CE", "error", 3), "mean"] == pytest.approx(0.095)
     assert curves.loc[("CE", "error", 3), "std"] == pytest.approx(math.sqrt(2) * 0.05)
     assert curves.loc[("LS", "ece", 5), "mean"] == pytest.approx(0.05)
-    assert P.corruption_severity(T.load_selection(store, [SWEEP])) is not None
+    fig = P.corruption_severity(T.load_selection(store, [SWEEP]))
+    error_axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_ylabel() == "error (%)"]
+    ce = next(line for line in error_axes[0].get_lines() if line.get_label() == "CE")
+    assert dict(zip(ce.get_xdata(), ce.get_ydata()))[3] == pytest.approx(9.5)  # the 0.095 above, in percent
 
 
 def test_nll_differences_are_in_units_of_the_metric(store) -> None:

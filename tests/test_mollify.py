@@ -103,10 +103,13 @@ def test_mollifier_on_a_constant_batch_and_its_targets() -> None:
     out, soft = moll(x, labels, g)
     assert torch.allclose(out, x, atol=1e-5)  # clean or blurred, a constant stays constant
     assert soft.shape == (64, 4) and torch.allclose(soft.sum(1), torch.ones(64))
-    # a target's label entry is 1 - gamma + gamma / 4, the others gamma / 4
-    gamma = 4 * soft[torch.arange(64), (labels + 1) % 4]
-    assert torch.allclose(soft[torch.arange(64), labels], 1 - gamma + gamma / 4)
-    assert (gamma == 0).any() and (gamma > 0).any()  # clean samples and blurred ones
+    # the same draws again: gamma is 0 for clean rows and t (bpow 1) for blurred ones; a target's
+    # label entry is 1 - gamma + gamma / 4, the others gamma / 4
+    role, t = moll.draw(64, torch.Generator().manual_seed(3))
+    gamma = torch.where(role == 0, torch.zeros_like(t), t)
+    assert torch.allclose(soft[torch.arange(64), labels], 1 - gamma + gamma / 4, atol=1e-6)
+    assert torch.allclose(soft[torch.arange(64), (labels + 1) % 4], gamma / 4, atol=1e-6)
+    assert (role == 0).any() and (role == 1).any() and (t[role == 1] > 0).all()  # both roles drawn
 
 
 def test_noise_role_follows_the_schedule_for_its_drawn_time() -> None:
