@@ -316,6 +316,7 @@ def sweep(
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
     run_trials(todo.todo, store, res, progress=progress, address=address, retry_failed=retry_failed)
+    store.refresh_indexes()
     after = plan(configs, store)
     failed = sum(1 for s in after.done.values() if s != "ok")
     console.print(f"[bold]{spec.name}[/]: {len(after.done)}/{len(after.configs)} trials recorded "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
+from drainage_bench.analysis import index
 from drainage_bench.analysis import tables as T
 from drainage_bench.analysis.store import ResultsStore
 from results_helpers import HAND_ROWS, HAND_SWEEP, record, write_rows
@@ -78,6 +79,19 @@ def test_any_folder_of_per_trial_files_is_indexed_the_same_way(tmp_path: Path) -
     same(got, direct(tmp_path, "openset"))
     some = ResultsStore(tmp_path, HAND_SWEEP).read("openset", [f"t{s}" for s in range(70)])
     assert sorted(set(some["trial_id"])) == sorted(f"t{s}" for s in range(70))
+
+
+def test_a_refresh_read_by_threads_equals_pandas_file_by_file(tmp_path: Path, monkeypatch) -> None:
+    # Files of two schemas (GCE records carry a column CE records lack), read by the refresh's threads.
+    monkeypatch.setattr(index, "READ_THREADS_FROM", 2)
+    gce = [record("gce", "GCE", "none", 0.0, s, 0.6 + s / 10_000, loss_q=0.7) for s in range(40)]
+    write_rows(tmp_path, rows(50) + gce)
+    got = indexed(tmp_path)
+    same(got, direct(tmp_path))
+    assert got["loss_q"].isna().sum() == 50 and (got["loss_q"].dropna() == 0.7).all()
+
+    write_rows(tmp_path, rows(30, start=50))  # an incremental refresh: 30 new files beside the kept rows
+    same(indexed(tmp_path), direct(tmp_path))
 
 
 READER = textwrap.dedent("""

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from drainage_bench.analysis.store import ResultsStore
@@ -106,6 +107,9 @@ def test_sigkill_of_the_driver_then_resume_runs_only_the_missing_trials(tmp_path
     assert set(after["trial_id"]) == expected_ids(spec)
     assert len(after) == len(expected_ids(spec)) == 6
     assert (after["status"] == "ok").all()
+    # The sweep left its epochs index current (only `plot` reads epochs): the first plot reads one file.
+    indexed = pq.read_table(store.path / "index" / "epochs.parquet", columns=["_file"]).column("_file")
+    assert set(indexed.to_pylist()) == {f"{t}.parquet" for t in expected_ids(spec)}
     # The trials recorded before the kill were not trained again: their records are untouched.
     kept = after.set_index("trial_id").loc[before["trial_id"], "finished_at"]
     assert list(kept) == list(before["finished_at"])

@@ -44,6 +44,7 @@ from drainage_bench.errors import UserError
 
 DEFAULT_ROOT = Path("results")
 UNINDEXED = frozenset({"samples"})  # one row per training sample: read per trial
+INDEXED = ("trials", "epochs", "corruptions")  # the kinds `table` and `plot` read through `read`
 DIRECT_MAX = 64                     # up to this many trials named by id are read from their files
 EXPECTED = "expected.parquet"
 
@@ -157,6 +158,12 @@ class ResultsStore:
     def corruptions(self, trial_ids: Iterable[str] | None = None) -> pd.DataFrame:
         """Per (trial, corruption, severity): group, error, nll, ece."""
         return self.read("corruptions", trial_ids)
+
+    def refresh_indexes(self) -> None:
+        """Bring the index of every kind that `read` indexes up to date (at the end of a sweep, so
+        the first `table` or `plot` after it reads one file instead of one per trial)."""
+        for kind in INDEXED:
+            self.read(kind, columns=[])
 
     def statuses(self) -> dict[str, str]:
         """trial_id -> status ('ok' or 'failed')."""
