@@ -80,9 +80,9 @@ def build_store(root: Path, sweep: str, configs, result) -> None:
             pq.write_table(samples, root / sweep / "samples" / f"{c.trial_id}.parquet")
 
 
-def timed(cmd: list[str], env: dict, repeat: int, before=None) -> tuple[float, float]:
+def timed(cmd: list[str], env: dict, repeat: int, before=None, cwd: Path | None = None) -> tuple[float, float]:
     """Median (wall seconds, CPU seconds) of `cmd` over `repeat` fresh processes (`before()` runs
-    before each). CPU time (user + system of the child) depends less on the other users of a
+    before each), run in `cwd`. CPU time (user + system of the child) depends less on the other users of a
     shared machine than the wall time does."""
     walls, cpus = [], []
     for _ in range(repeat):
@@ -90,7 +90,7 @@ def timed(cmd: list[str], env: dict, repeat: int, before=None) -> tuple[float, f
             before()
         used = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
         walls.append(time.perf_counter() - start)
         now = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append(now.ru_utime - used.ru_utime + now.ru_stime - used.ru_stime)
@@ -165,15 +165,19 @@ def main() -> None:
     rows = {}
     for name, tree in trees:
         env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+        # Run outside any checkout: `python -m` puts the working folder first on sys.path, so from
+        # the repository root every tree would import this checkout's package.
+        where = subprocess.run([sys.executable, "-c", "import drainage_bench; print(drainage_bench.__file__)"],
+                               env=env, cwd=work, capture_output=True, text=True, check=True).stdout.strip()
+        if not Path(where).resolve().is_relative_to(tree):
+            raise SystemExit(f"{name}: drainage_bench imports from {where}, not from {tree}")
         for label, argv, before in cases:
             if argv is None:
                 cmd = [sys.executable, "-c", "import pandas, pyarrow, rich, typer"]
             else:
                 cmd = [sys.executable, "-m", "drainage_bench.cli", *argv]
-            if name == "baseline" and ", cold (no index)" in label:
-                continue  # the baseline has no index: its every read is the cold one
             repeat = 1 if name == "baseline" and argv is not None else args.repeat
-            rows.setdefault(label, {})[name] = timed(cmd, env, repeat, before)
+            rows.setdefault(label, {})[name] = timed(cmd, env, repeat, before, cwd=work)
             wall, cpu = rows[label][name]
             print(f"{name:14s} {label:45s} {wall:7.2f} s wall {cpu:7.2f} s CPU", flush=True)
     print()
