@@ -75,7 +75,8 @@ def _read_new(folder: Path, current: dict[str, str], names: list[str]) -> list[p
     """The files `names` of `folder`, read by a few threads (pyarrow decodes without the GIL)."""
     if len(names) < READ_THREADS_FROM:
         return [_read_file(folder / n, current[n]) for n in names]
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, os.cpu_count() or 1) or 1) as pool:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, cpus)) as pool:
         return list(pool.map(lambda n: _read_file(folder / n, current[n]), names, chunksize=64))
 
 
