@@ -65,6 +65,22 @@ def test_thread_policy_is_the_whole_cpus_of_the_share() -> None:
         torch.set_num_threads(before)
 
 
+def test_conditions_name_the_libraries_whose_algorithms_the_numbers_follow() -> None:
+    """scikit-learn makes the digits split and every 80/20 split, scipy the instance-noise flip
+    rates, torchvision the JPEG corruption: their versions are run conditions like numpy's."""
+    from importlib import metadata
+
+    import numpy as np
+
+    from drainage_bench.trainer.provenance import provenance
+
+    conditions = provenance("cpu")
+    assert conditions["numpy_version"] == np.__version__
+    assert conditions["scipy_version"] == metadata.version("scipy")
+    assert conditions["sklearn_version"] == metadata.version("scikit-learn")
+    assert conditions["torchvision_version"] == metadata.version("torchvision")
+
+
 @pytest.mark.slow
 def test_train_sweep_and_tune_with_one_cpu_share_give_identical_records(data_root: Path, tmp_path: Path) -> None:
     """The same trial through `train`, through `sweep` (real Ray) and `tune --in-process` (its
