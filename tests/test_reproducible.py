@@ -189,3 +189,46 @@ def test_deterministic_must_be_a_boolean() -> None:
 
     with pytest.raises(UserError, match="deterministic='yes' is invalid"):
         build_config("digits", "ce", {"deterministic": "yes"})
+
+
+@pytest.mark.slow
+def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Path, tmp_path: Path) -> None:
+    """A drainage trial with corrupted test sets reproduces: its labels (noise_hash), its drainage
+    probabilities and its corruption cells are compared too. A record whose noise_hash names other
+    labels, or whose stored per-sample rows are not the trial's, differs although every metric and
+    every epoch is as recorded."""
+    from drainage_bench.reproduce import reproduce
+    from drainage_bench.trainer.loop import run_trial
+
+    config = build_config("digits", "drainage", {"epochs": 1, "seed": 2, "noise": "sym", "noise_rate": 0.3,
+                                                 "corruptions": "synthetic", "corruption_images": 32})
+    before = torch.get_num_threads()
+    try:
+        use_cpu_share(1)
+        result = run_trial(config)
+    finally:
+        torch.set_num_threads(before)
+    assert result.status == "ok" and result.samples and result.corruptions
+    record = {**result.record(), "cpus_per_trial": 1.0}
+    samples = {k: v.copy() for k, v in result.samples.items()}
+    samples["drainage_prob"][0] += 1e-6
+    cells = [dict(row) for row in result.corruptions]
+    cells[3]["nll"] += 1e-9
+    for sweep, row, sample_rows, cell_rows in [
+            ("as-run", record, result.samples, result.corruptions),
+            ("other-labels", {**record, "noise_hash": "0" * 64}, result.samples, result.corruptions),
+            ("other-samples", record, samples, result.corruptions),
+            ("other-cells", record, result.samples, cells)]:
+        ResultsStore(tmp_path, sweep).write_trial(row, result.epochs, sample_rows, result.noise, corruptions=cell_rows)
+
+    ran = reproduce(tmp_path, "as-run", config.trial_id)
+    assert ran.identical and not ran.epochs_differing
+    assert ("noise_hash", record["noise_hash"], record["noise_hash"], True) in ran.rows
+    assert ran.parts == [("samples", True), ("corruptions", True)]
+    labels = reproduce(tmp_path, "other-labels", config.trial_id)
+    assert not labels.identical and [m for m, *_, same in labels.rows if not same] == ["noise_hash"]
+    assert labels.parts == [("samples", True), ("corruptions", True)]
+    for sweep, part in (("other-samples", "samples"), ("other-cells", "corruptions")):
+        off = reproduce(tmp_path, sweep, config.trial_id)
+        assert not off.identical and all(same for *_, same in off.rows) and not off.epochs_differing
+        assert dict(off.parts) == {"samples": part != "samples", "corruptions": part != "corruptions"}
