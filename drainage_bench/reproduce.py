@@ -2,7 +2,8 @@
 
 The TrialConfig is rebuilt from the record's fields (`config_from_record`; it must hash to the
 recorded trial_id), and runs under the recorded conditions: the torch thread count
-(``torch_threads``, else the trial's ``cpus_per_trial``), the device (``device_used``) and the
+(``torch_threads``, else the trial's ``cpus_per_trial``), the device (``device_used``), the
+precision (``precision``: with ``amp=true`` a CPU without bf16 instructions recorded fp32) and the
 deterministic switch (a config field). Besides every metric, it compares the labels trained on
 (``noise_hash``) and the per-sample records (`PARTS`: drainage probabilities, open-set scores,
 corruption cells) with the new run's. Nothing is written: the stored record stays as it is.
@@ -70,6 +71,17 @@ def recorded_threads(record: dict[str, Any]) -> int:
 def recorded_device(record: dict[str, Any]) -> str:
     used = _plain(record.get("device_used")) or "cpu"
     return "cuda" if str(used).startswith("cuda") else "cpu"
+
+
+def recorded_precision(record: dict[str, Any], device: str):
+    """The Precision the trial ran under (its ``precision`` column, as `Precision.for_device` set
+    it), or None for a record without one (the config decides, as it did then)."""
+    from drainage_bench.trainer.loop import Precision
+
+    ran = _plain(record.get("precision"))
+    if ran not in ("bf16", "fp32"):
+        return None
+    return Precision(autocast=ran == "bf16", channels_last=ran == "bf16" or device == "cuda")
 
 
 @dataclass
@@ -140,13 +152,14 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = run_trial(config)
+        result = run_trial(config, precision=recorded_precision(record, device))
     finally:
         torch.set_num_threads(before)
     if result.status != "ok":
         raise UserError(f"the new run of {trial_id} failed: {result.error}")
     new = {**result.summary, "realized_noise_rate": result.realized_noise_rate,
-           "noise_hash": result.noise["hash"] if result.noise else None, "epochs_run": len(result.epochs)}
+           "noise_hash": result.noise["hash"] if result.noise else None, "epochs_run": len(result.epochs),
+           "precision": result.extra.get("precision"), "compile_status": result.extra.get("compile_status")}
     rows = []
     for metric, value in new.items():
         if metric in record:

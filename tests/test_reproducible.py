@@ -232,3 +232,33 @@ def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Pat
         off = reproduce(tmp_path, sweep, config.trial_id)
         assert not off.identical and all(same for *_, same in off.rows) and not off.epochs_differing
         assert dict(off.parts) == {"samples": part != "samples", "corruptions": part != "corruptions"}
+
+
+@pytest.mark.slow
+def test_reproduce_runs_under_the_recorded_precision(data_root: Path, tmp_path: Path) -> None:
+    """amp=true on a CPU without bf16 instructions trains in fp32 and records precision fp32; on a
+    CPU with them, reproduce runs that record in fp32 too (the config alone would give bf16), and
+    compares precision and compile_status like a metric."""
+    from drainage_bench.reproduce import reproduce
+    from drainage_bench.trainer.loop import Precision, cpu_has_bf16, run_trial
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions: amp=true runs in fp32 here either way")
+    config = build_config("digits", "ce", {"epochs": 1, "seed": 1, "amp": True, "noise": "sym", "noise_rate": 0.2})
+    before = torch.get_num_threads()
+    try:
+        use_cpu_share(1)
+        bf16 = run_trial(config)
+        fp32 = run_trial(config, precision=Precision(autocast=False, channels_last=False))  # as without bf16
+    finally:
+        torch.set_num_threads(before)
+    assert (bf16.extra["precision"], fp32.extra["precision"]) == ("bf16", "fp32")
+    assert bf16.summary["final_train_loss"] != fp32.summary["final_train_loss"]  # two computations
+    for sweep, result in (("without-bf16", fp32), ("with-bf16", bf16)):
+        ResultsStore(tmp_path, sweep).write_trial({**result.record(), "cpus_per_trial": 1.0}, result.epochs,
+                                                  result.samples, result.noise)
+        cmp = reproduce(tmp_path, sweep, config.trial_id)
+        rows = {metric: (old, new, same) for metric, old, new, same in cmp.rows}
+        assert cmp.identical, [row for row in cmp.rows if not row[3]]
+        assert rows["precision"] == (result.extra["precision"],) * 2 + (True,)
+        assert rows["compile_status"] == ("off", "off", True)
