@@ -175,6 +175,9 @@ def reproduce(
               "[red]differ[/] at epoch(s) " + ", ".join(str(e) for e in cmp.epochs_differing if e > 0)
               + (" (a different number of epochs)" if -1 in cmp.epochs_differing else ""))
     console.print(f"per-epoch metrics: {epochs}", highlight=False)
+    for kind, same in cmp.parts:  # per-sample records: drainage probabilities, open-set scores, corruption cells
+        mark = "not recorded" if same is None else ("identical" if same else "[red]differ[/]")
+        console.print(f"{kind}: {mark}", highlight=False)
     console.print("identical" if cmp.identical else "[red]the new run differs from the record[/]", highlight=False)
     if not cmp.identical:
         raise typer.Exit(1)

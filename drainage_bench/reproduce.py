@@ -2,14 +2,17 @@
 
 The TrialConfig is rebuilt from the record's fields (`config_from_record`; it must hash to the
 recorded trial_id), and runs under the recorded conditions: the torch thread count
-(``torch_threads``, else the trial's ``cpus_per_trial``), the device (``device_used``) and the
-deterministic switch (a config field). Nothing is written: the stored record stays as it is.
+(``torch_threads``, else the trial's ``cpus_per_trial``), the device (``device_used``), the
+precision (``precision``: with ``amp=true`` a CPU without bf16 instructions recorded fp32) and the
+deterministic switch (a config field). Besides every metric, it compares the labels trained on
+(``noise_hash``) and the per-sample records (`PARTS`: drainage probabilities, open-set scores,
+corruption cells) with the new run's. Nothing is written: the stored record stays as it is.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from drainage_bench.errors import UserError, did_you_mean
 
 # Per-epoch columns that are timings, not results.
 TIMINGS = ("train_seconds", "epoch_seconds")
+# The per-sample (per-cell) records of a trial, stored beside its record (ResultsStore.write_trial).
+PARTS = ("samples", "openset", "corruptions")
 
 
 def _plain(value: Any) -> Any:
@@ -68,6 +73,17 @@ def recorded_device(record: dict[str, Any]) -> str:
     return "cuda" if str(used).startswith("cuda") else "cpu"
 
 
+def recorded_precision(record: dict[str, Any], device: str):
+    """The Precision the trial ran under (its ``precision`` column, as `Precision.for_device` set
+    it), or None for a record without one (the config decides, as it did then)."""
+    from drainage_bench.trainer.loop import Precision
+
+    ran = _plain(record.get("precision"))
+    if ran not in ("bf16", "fp32"):
+        return None
+    return Precision(autocast=ran == "bf16", channels_last=ran == "bf16" or device == "cuda")
+
+
 @dataclass
 class Comparison:
     trial_id: str
@@ -75,10 +91,12 @@ class Comparison:
     device: str
     rows: list[tuple[str, Any, Any, bool | None]]  # metric, recorded, new, identical (None: not recorded)
     epochs_differing: list[int]                    # epochs whose per-epoch metrics differ
+    parts: list[tuple[str, bool | None]] = field(default_factory=list)  # PARTS kind, identical (None: not recorded)
 
     @property
     def identical(self) -> bool:
-        return all(same is not False for *_, same in self.rows) and not self.epochs_differing
+        return (all(same is not False for *_, same in self.rows) and not self.epochs_differing
+                and all(same is not False for _, same in self.parts))
 
 
 def same(a: Any, b: Any) -> bool:
@@ -104,6 +122,21 @@ def load_record(results: Path, sweep: str, trial_id: str):
     return record, epochs.to_dict("records")
 
 
+def same_part(stored: Path, fresh: Any) -> bool | None:
+    """Whether the stored per-sample file `stored` holds exactly `fresh` (the new run's samples or
+    open-set columns, or its corruption rows); None when the record has no such file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not stored.is_file():
+        return None
+    if not fresh:
+        return False
+    new = (pa.Table.from_pylist(fresh) if isinstance(fresh, list) else pa.table(fresh)).to_pandas()
+    old = pq.read_table(stored).to_pandas().drop(columns="trial_id", errors="ignore")
+    return list(old.columns) == list(new.columns) and old.equals(new)
+
+
 def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = None) -> Comparison:
     """Run the recorded trial again under its recorded conditions and compare (writes nothing)."""
     import torch
@@ -119,12 +152,14 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        result = run_trial(config)
+        result = run_trial(config, precision=recorded_precision(record, device))
     finally:
         torch.set_num_threads(before)
     if result.status != "ok":
         raise UserError(f"the new run of {trial_id} failed: {result.error}")
-    new = {**result.summary, "realized_noise_rate": result.realized_noise_rate, "epochs_run": len(result.epochs)}
+    new = {**result.summary, "realized_noise_rate": result.realized_noise_rate,
+           "noise_hash": result.noise["hash"] if result.noise else None, "epochs_run": len(result.epochs),
+           "precision": result.extra.get("precision"), "compile_status": result.extra.get("compile_status")}
     rows = []
     for metric, value in new.items():
         if metric in record:
@@ -138,4 +173,7 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
             differing.append(int(fresh["epoch"]))
     if len(stored_epochs) != len(result.epochs):
         differing.append(-1)
-    return Comparison(trial_id, threads, device, rows, differing)
+    fresh = {"samples": result.samples, "openset": result.openset, "corruptions": result.corruptions}
+    files = {kind: Path(results) / sweep / kind / f"{trial_id}.parquet" for kind in PARTS}
+    parts = [(kind, same_part(files[kind], fresh[kind])) for kind in PARTS if fresh[kind] or files[kind].is_file()]
+    return Comparison(trial_id, threads, device, rows, differing, parts)

@@ -65,6 +65,22 @@ def test_thread_policy_is_the_whole_cpus_of_the_share() -> None:
         torch.set_num_threads(before)
 
 
+def test_conditions_name_the_libraries_whose_algorithms_the_numbers_follow() -> None:
+    """scikit-learn makes the digits split and every 80/20 split, scipy the instance-noise flip
+    rates, torchvision the JPEG corruption: their versions are run conditions like numpy's."""
+    from importlib import metadata
+
+    import numpy as np
+
+    from drainage_bench.trainer.provenance import provenance
+
+    conditions = provenance("cpu")
+    assert conditions["numpy_version"] == np.__version__
+    assert conditions["scipy_version"] == metadata.version("scipy")
+    assert conditions["sklearn_version"] == metadata.version("scikit-learn")
+    assert conditions["torchvision_version"] == metadata.version("torchvision")
+
+
 @pytest.mark.slow
 def test_train_sweep_and_tune_with_one_cpu_share_give_identical_records(data_root: Path, tmp_path: Path) -> None:
     """The same trial through `train`, through `sweep` (real Ray) and `tune --in-process` (its
@@ -173,3 +189,76 @@ def test_deterministic_must_be_a_boolean() -> None:
 
     with pytest.raises(UserError, match="deterministic='yes' is invalid"):
         build_config("digits", "ce", {"deterministic": "yes"})
+
+
+@pytest.mark.slow
+def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Path, tmp_path: Path) -> None:
+    """A drainage trial with corrupted test sets reproduces: its labels (noise_hash), its drainage
+    probabilities and its corruption cells are compared too. A record whose noise_hash names other
+    labels, or whose stored per-sample rows are not the trial's, differs although every metric and
+    every epoch is as recorded."""
+    from drainage_bench.reproduce import reproduce
+    from drainage_bench.trainer.loop import run_trial
+
+    config = build_config("digits", "drainage", {"epochs": 1, "seed": 2, "noise": "sym", "noise_rate": 0.3,
+                                                 "corruptions": "synthetic", "corruption_images": 32})
+    before = torch.get_num_threads()
+    try:
+        use_cpu_share(1)
+        result = run_trial(config)
+    finally:
+        torch.set_num_threads(before)
+    assert result.status == "ok" and result.samples and result.corruptions
+    record = {**result.record(), "cpus_per_trial": 1.0}
+    samples = {k: v.copy() for k, v in result.samples.items()}
+    samples["drainage_prob"][0] += 1e-6
+    cells = [dict(row) for row in result.corruptions]
+    cells[3]["nll"] += 1e-9
+    for sweep, row, sample_rows, cell_rows in [
+            ("as-run", record, result.samples, result.corruptions),
+            ("other-labels", {**record, "noise_hash": "0" * 64}, result.samples, result.corruptions),
+            ("other-samples", record, samples, result.corruptions),
+            ("other-cells", record, result.samples, cells)]:
+        ResultsStore(tmp_path, sweep).write_trial(row, result.epochs, sample_rows, result.noise, corruptions=cell_rows)
+
+    ran = reproduce(tmp_path, "as-run", config.trial_id)
+    assert ran.identical and not ran.epochs_differing
+    assert ("noise_hash", record["noise_hash"], record["noise_hash"], True) in ran.rows
+    assert ran.parts == [("samples", True), ("corruptions", True)]
+    labels = reproduce(tmp_path, "other-labels", config.trial_id)
+    assert not labels.identical and [m for m, *_, same in labels.rows if not same] == ["noise_hash"]
+    assert labels.parts == [("samples", True), ("corruptions", True)]
+    for sweep, part in (("other-samples", "samples"), ("other-cells", "corruptions")):
+        off = reproduce(tmp_path, sweep, config.trial_id)
+        assert not off.identical and all(same for *_, same in off.rows) and not off.epochs_differing
+        assert dict(off.parts) == {"samples": part != "samples", "corruptions": part != "corruptions"}
+
+
+@pytest.mark.slow
+def test_reproduce_runs_under_the_recorded_precision(data_root: Path, tmp_path: Path) -> None:
+    """amp=true on a CPU without bf16 instructions trains in fp32 and records precision fp32; on a
+    CPU with them, reproduce runs that record in fp32 too (the config alone would give bf16), and
+    compares precision and compile_status like a metric."""
+    from drainage_bench.reproduce import reproduce
+    from drainage_bench.trainer.loop import Precision, cpu_has_bf16, run_trial
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions: amp=true runs in fp32 here either way")
+    config = build_config("digits", "ce", {"epochs": 1, "seed": 1, "amp": True, "noise": "sym", "noise_rate": 0.2})
+    before = torch.get_num_threads()
+    try:
+        use_cpu_share(1)
+        bf16 = run_trial(config)
+        fp32 = run_trial(config, precision=Precision(autocast=False, channels_last=False))  # as without bf16
+    finally:
+        torch.set_num_threads(before)
+    assert (bf16.extra["precision"], fp32.extra["precision"]) == ("bf16", "fp32")
+    assert bf16.summary["final_train_loss"] != fp32.summary["final_train_loss"]  # two computations
+    for sweep, result in (("without-bf16", fp32), ("with-bf16", bf16)):
+        ResultsStore(tmp_path, sweep).write_trial({**result.record(), "cpus_per_trial": 1.0}, result.epochs,
+                                                  result.samples, result.noise)
+        cmp = reproduce(tmp_path, sweep, config.trial_id)
+        rows = {metric: (old, new, same) for metric, old, new, same in cmp.rows}
+        assert cmp.identical, [row for row in cmp.rows if not row[3]]
+        assert rows["precision"] == (result.extra["precision"],) * 2 + (True,)
+        assert rows["compile_status"] == ("off", "off", True)

@@ -2,7 +2,8 @@
 
 On the CPU, the same TrialConfig gives the same numbers only under the same torch thread count
 (the order of float sums in a matmul or a convolution follows the threads), the same torch build
-and CPU capability (the kernels: AVX2, AVX512, ...). On CUDA, also the CUDA/cuDNN versions, the
+and CPU capability (the kernels: AVX2, AVX512, ...), and the same numpy, scipy, scikit-learn and
+torchvision (`LIBRARIES`). On CUDA, also the CUDA/cuDNN versions, the
 GPU and whether deterministic algorithms were on. Every entry point (``train``, ``sweep``,
 ``tune``) sets the thread count the same way, from the trial's CPU share (`use_cpu_share`), and
 every record keeps `provenance()`.
@@ -10,6 +11,7 @@ every record keeps `provenance()`.
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,11 @@ import torch
 from drainage_bench.errors import UserError
 
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's setting for reproducible results (CUDA docs, "Results reproducibility")
+# Libraries besides torch and numpy whose algorithms the numbers follow: scikit-learn splits the
+# digits train/test set and every 80/20 validation split (train_test_split), scipy draws the
+# per-sample flip rates of instance noise (stats.truncnorm), torchvision encodes and decodes JPEG
+# (the jpeg_compression corruption, streamed images).
+LIBRARIES = {"scipy_version": "scipy", "sklearn_version": "scikit-learn", "torchvision_version": "torchvision"}
 
 
 def threads_for(cpus_per_trial: float) -> int:
@@ -64,4 +71,13 @@ def provenance(device: torch.device | str) -> dict[str, Any]:
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "numpy_version": np.__version__,
+        **{column: _version(package) for column, package in LIBRARIES.items()},
     }
+
+
+def _version(package: str) -> str | None:
+    """The installed version of `package` (read from its metadata, without importing it)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
