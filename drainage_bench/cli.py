@@ -166,6 +166,9 @@ def reproduce(
 
     cmp = rerun(results, sweep, trial_id, data_root)
     console.print(f"{cmp.trial_id}: ran again on {cmp.device} with {cmp.threads} torch thread(s)", highlight=False)
+    for name, old, new in cmp.conditions:
+        console.print(f"[yellow]{name}[/]: recorded {old}, here {new} (a difference may come from this)",
+                      highlight=False)
     table = Table("metric", "recorded", "new", "identical", box=None)
     for metric, old, new, same in cmp.rows:
         mark = "not recorded" if same is None else ("yes" if same else "[red]NO[/]")

@@ -21,6 +21,11 @@ from drainage_bench.errors import UserError, did_you_mean
 
 # Per-epoch columns that are timings, not results.
 TIMINGS = ("train_seconds", "epoch_seconds")
+# Run conditions besides the thread count, the device and the precision (which `reproduce` sets as
+# recorded) that the numbers follow: where this machine's differ from the record's, a difference
+# may come from them, so they are reported (they do not make the comparison fail by themselves).
+CONDITIONS = ("torch_version", "cpu_capability", "numpy_version", "scipy_version", "sklearn_version",
+              "torchvision_version", "torch_cuda", "cudnn_version", "gpu_name")
 # The per-sample (per-cell) records of a trial, stored beside its record (ResultsStore.write_trial).
 PARTS = ("samples", "openset", "corruptions")
 
@@ -92,6 +97,7 @@ class Comparison:
     rows: list[tuple[str, Any, Any, bool | None]]  # metric, recorded, new, identical (None: not recorded)
     epochs_differing: list[int]                    # epochs whose per-epoch metrics differ
     parts: list[tuple[str, bool | None]] = field(default_factory=list)  # PARTS kind, identical (None: not recorded)
+    conditions: list[tuple[str, Any, Any]] = field(default_factory=list)  # CONDITIONS that differ: name, recorded, here
 
     @property
     def identical(self) -> bool:
@@ -176,4 +182,7 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
     fresh = {"samples": result.samples, "openset": result.openset, "corruptions": result.corruptions}
     files = {kind: Path(results) / sweep / kind / f"{trial_id}.parquet" for kind in PARTS}
     parts = [(kind, same_part(files[kind], fresh[kind])) for kind in PARTS if fresh[kind] or files[kind].is_file()]
-    return Comparison(trial_id, threads, device, rows, differing, parts)
+    here = result.record()
+    conditions = [(name, _plain(record[name]), here.get(name)) for name in CONDITIONS
+                  if _plain(record.get(name)) is not None and _plain(record[name]) != here.get(name)]
+    return Comparison(trial_id, threads, device, rows, differing, parts, conditions)

@@ -218,13 +218,19 @@ def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Pat
             ("as-run", record, result.samples, result.corruptions),
             ("other-labels", {**record, "noise_hash": "0" * 64}, result.samples, result.corruptions),
             ("other-samples", record, samples, result.corruptions),
-            ("other-cells", record, result.samples, cells)]:
+            ("other-cells", record, result.samples, cells),
+            ("older-torch", {**record, "torch_version": "1.0.0", "sklearn_version": None}, result.samples,
+             result.corruptions)]:
         ResultsStore(tmp_path, sweep).write_trial(row, result.epochs, sample_rows, result.noise, corruptions=cell_rows)
 
     ran = reproduce(tmp_path, "as-run", config.trial_id)
     assert ran.identical and not ran.epochs_differing
     assert ("noise_hash", record["noise_hash"], record["noise_hash"], True) in ran.rows
     assert ran.parts == [("samples", True), ("corruptions", True)]
+    assert ran.conditions == []
+    # Recorded under another torch (and before sklearn_version was recorded): reported, not a difference.
+    older = reproduce(tmp_path, "older-torch", config.trial_id)
+    assert older.identical and older.conditions == [("torch_version", "1.0.0", torch.__version__)]
     labels = reproduce(tmp_path, "other-labels", config.trial_id)
     assert not labels.identical and [m for m, *_, same in labels.rows if not same] == ["noise_hash"]
     assert labels.parts == [("samples", True), ("corruptions", True)]
