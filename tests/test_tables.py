@@ -147,7 +147,21 @@ def test_terminal_text(hand_data):
     assert "92.00 ± 2.00†" in lines["CE"] and "62.00 ± 2.83† (n=2)" in lines["CE"]
     assert "90.00 ± 1.41 (n=2)" in lines["GCE"] and lines["GCE"].rstrip().endswith("—")
     assert "40.50" in lines["Realized"]
-    assert "sample standard deviation (ddof = 1)" in text and "Failed trials: 1; trials not run yet" in text
+    assert "sample standard deviation (ddof = 1)" in text and "Failed trials: 1." in text
+    assert "Trials not run yet are not counted: no trial list is recorded" in text
+
+
+def test_without_a_trial_list_the_table_says_unrun_trials_are_not_counted(tmp_path):
+    # Every cell full and nothing failed: without expected.parquet a lost seed would look the same.
+    rows = [record("ce", "CE", "none", 0.0, s, 0.9) for s in (0, 1)]
+    notes = T.footnotes(T.aggregate(T.load_selection(write_rows(tmp_path, rows))), "b", "s")
+    assert not any(n.startswith("—:") for n in notes)
+    assert "Trials not run yet are not counted: no trial list is recorded for this sweep " \
+           "(`drainage-bench status SPEC` records it)." in notes
+    # Every trial failed: no cell has a seed count to compare with ("is not 0" read as nonsense).
+    failed = [record("ce", "CE", "none", 0.0, s, float("nan"), status="failed") for s in (0, 1)]
+    notes = T.footnotes(T.aggregate(T.load_selection(write_rows(tmp_path / "f", failed))), "b", "s")
+    assert "n=k marks a cell that has missing/failed seeds." in notes[0] and "is not 0" not in notes[0]
 
 
 def test_a_single_seed_shows_the_mean_alone(tmp_path):

@@ -613,15 +613,17 @@ def footnotes(data: TableData, best: str, second: str) -> list[str]:
     """The footnotes of every format; `best` / `second` say how those cells are marked."""
     direction = "highest" if data.metric.higher_is_better else "lowest"
     unit = "in percent" if data.metric.percent else "as values (not percent)"
+    other_n = f"whose number of seeds is not {data.n_ref} or " if data.n_ref > 0 else ""
     notes = [f"Cells: mean ± sample standard deviation (ddof = 1) over {data.replicates}, {unit}; one seed shows the mean "
-             f"alone; n=k marks a cell whose number of seeds is not {data.n_ref} or that has missing/failed seeds.",
+             f"alone; n=k marks a cell {other_n}that has missing/failed seeds.",
              f"{best}: {direction} mean of the column; {second}: second {direction} (compared as shown)."]
     cells = data.cells
     if data.missing_total or data.failed_total or ((cells["n"] == 0) & (cells["n_na"] == 0)).any():
-        unrun = (f"trials without a record (running or not started): {data.missing_total}" if data.expected_known else
-                 "trials not run yet are not counted (no trial list recorded for this sweep: "
-                 "`drainage-bench status SPEC` records it)")
-        notes.append(f"—: no finished trial in the cell. Failed trials: {data.failed_total}; {unrun}.")
+        unrun = f"; trials without a record (running or not started): {data.missing_total}" if data.expected_known else ""
+        notes.append(f"—: no finished trial in the cell. Failed trials: {data.failed_total}{unrun}.")
+    if not data.expected_known:  # a cell that lost a seed cannot be told from one that never had it
+        notes.append("Trials not run yet are not counted: no trial list is recorded for this sweep "
+                     "(`drainage-bench status SPEC` records it).")
     notes += [f"failed: {line}" for line in data.failures]
     if (cells["n_na"] > 0).any():
         notes.append("n/a: the metric does not apply to these trials.")

@@ -414,7 +414,7 @@ def instance_noise(request: NoiseRequest) -> np.ndarray:
         P(noisy = j | x_i) = q_i softmax(s_i)_j  (j != y_i),    P(noisy = y_i | x_i) = 1 - q_i
 
     and the noisy label is drawn from that row by inverse CDF. The mean flip rate is E[q] = r
-    for r >~ 0.3; below, the truncation at 0 lifts it (r = 0.1: ~0.108; r = 0: ~0.080), which
+    for r >~ 0.3; below, the truncation at 0 lifts it (r = 0.1: ~0.129; r = 0: ~0.080), which
     the realized rate records.
 
     Deliberate deviation: the reference projects the raw pixel values (0..255; its data.py feeds
