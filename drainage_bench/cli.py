@@ -13,6 +13,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drainage_bench.errors import UserError
 
@@ -34,16 +35,30 @@ MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many
 AddressOpt = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", show_envvar=False, help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
 
 
+# Typer >= 0.26 parses with its own copy of click, whose exceptions are not click's.
+CLICK_ERRORS = (click.exceptions.ClickException, getattr(typer, "TyperException", click.exceptions.ClickException))
+
+
+def _error_line(message: str) -> None:
+    """``error: MESSAGE`` on stderr, the message as it is (no markup: spec messages show [[losses]])."""
+    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error_line(str(err))
         sys.exit(2)
-    except click.exceptions.ClickException as err:
-        err.show()
+    except CLICK_ERRORS as err:  # a usage error: one line, with the command's --help
+        ctx = getattr(err, "ctx", None)
+        if ctx is None or type(err).__name__ == "NoArgsIsHelpError":
+            if err.format_message().strip():  # typer may have printed the help itself
+                err.show()
+        else:
+            _error_line(f"{err.format_message().rstrip('.')}; see `{ctx.command_path} --help`")
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

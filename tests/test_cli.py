@@ -54,3 +54,30 @@ def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: 
                  ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.4", "--cpus-per-trial", "-1"]):
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
         assert_user_error(out, "must be > 0", tmp_path / "res")
+
+
+def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
+    from conftest import assert_user_error
+
+    for args, needle in ((["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
+                         (["train", "--bogus"], "No such option: --bogus"),
+                         (["sweep", "quickstart", "--max-concurrent", "x"], "Invalid value for '--max-concurrent'"),
+                         (["reproduce"], "Missing argument 'sweep'"),
+                         (["study", "show"], "Missing argument 'name'"),
+                         (["nocommand"], "No such command 'nocommand'")):
+        out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
+        assert_user_error(out, needle, tmp_path / "res")
+        assert "--help" in out.stderr, out.stderr
+
+
+def test_the_error_line_shows_the_message_as_written(tmp_path: Path) -> None:
+    # Brackets and colons are text, not rich markup or emoji codes (":-1:" once became a thumb).
+    from conftest import assert_user_error
+
+    spec = tmp_path / "spec.toml"
+    spec.write_text('dataset = "digits"\n[[noise]]\ntype = "none"\n[[losses]]\nlabel = "CE"\n')
+    out = run("sweep", str(spec), "--results", str(tmp_path / "res"), cwd=tmp_path)
+    assert_user_error(out, "every [[losses]] entry needs a name", tmp_path / "res")
+    out = run("tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--space", "alpha=loguniform:-1:2",
+              "--results", str(tmp_path / "res"), cwd=tmp_path)
+    assert_user_error(out, "'loguniform:-1:2' is not a distribution", tmp_path / "res")
