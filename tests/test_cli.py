@@ -53,7 +53,9 @@ def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: 
                  ["sweep", "quickstart", "--cpus-per-trial", "0"],
                  ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.4", "--cpus-per-trial", "-1"]):
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
-        assert_user_error(out, "must be > 0", tmp_path / "res")
+        assert_user_error(out, "must be a number > 0", tmp_path / "res")
+    out = run("train", "--cpus-per-trial", "inf", "--results", str(tmp_path / "res"), cwd=tmp_path)
+    assert_user_error(out, "--cpus-per-trial=inf must be a number > 0", tmp_path / "res")
 
 
 def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
