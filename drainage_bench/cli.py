@@ -5,6 +5,7 @@ Bad input raises UserError anywhere below; `main` prints its one line and exits 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -74,6 +75,20 @@ def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _writable(folder: Path, option: str = "--results") -> Path:
+    """`folder`, checked before anything runs: it (or the nearest folder above it that exists) is
+    a folder this process may write in."""
+    there = folder
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    named = f"{option} {folder}" + ("" if there == folder else f": {there}")
+    if not there.is_dir():
+        raise UserError(f"{named} is a file, not a folder; name another folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise UserError(f"{named} is not writable; name a folder you may write in")
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------
 # Reference listings
 
@@ -130,6 +145,7 @@ def train(
     from drainage_bench.trainer.provenance import threads_for
 
     threads_for(cpus_per_trial)  # a share <= 0 stops here, before anything runs
+    _writable(results / name)
     overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -317,6 +333,7 @@ def sweep(
             table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
         console.print(table)
         return
+    _writable(store.path)
     if todo.todo and download:
         _load(spec.dataset, data_root, download=True)
     if todo.todo:
@@ -420,6 +437,9 @@ def table(
         width = console.width if console.is_terminal else 200  # piped: no wrapping
         sys.stdout.write(format_table(data, fmt, styled=console.is_terminal, width=width))
         return
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; name a file in it, e.g. {output / 'table.csv'}")
+    _writable(output.parent, "--output")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(format_table(data, fmt, standalone=standalone))
     console.print(f"wrote {output} ({fmt})", highlight=False)
@@ -441,7 +461,8 @@ def plot(
     from drainage_bench.analysis.tables import load_selection
 
     selection = load_selection(results, sweeps, where, loss)
-    paths, notes = make_figures(selection, out or default_out_dir(results, selection.sweeps), metric, setting, jobs)
+    out = _writable(out or default_out_dir(results, selection.sweeps), "--out")
+    paths, notes = make_figures(selection, out, metric, setting, jobs)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     for note in notes:
@@ -573,7 +594,8 @@ def study_plot(
     """Optimisation history, the landscape of the two most important parameters, slices, learning curves (PNG)."""
     from drainage_bench.sweeps.studies import load, plot_study
 
-    for path in plot_study(load(_storage_url(storage, results), name), out or results / "studies" / name):
+    study = load(_storage_url(storage, results), name)
+    for path in plot_study(study, _writable(out or results / "studies" / name, "--out")):
         console.print(f"wrote {path}", highlight=False)
 
 

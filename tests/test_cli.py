@@ -83,3 +83,37 @@ def test_the_error_line_shows_the_message_as_written(tmp_path: Path) -> None:
     out = run("tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--space", "alpha=loguniform:-1:2",
               "--results", str(tmp_path / "res"), cwd=tmp_path)
     assert_user_error(out, "'loguniform:-1:2' is not a distribution", tmp_path / "res")
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_path: Path) -> None:
+    # A file where the results folder should be: train stopped only after training (a traceback).
+    from results_helpers import HAND_ROWS, HAND_SWEEP, write_rows
+
+    blocked = tmp_path / "results"
+    blocked.write_text("not a folder")
+    spec = tmp_path / "one.toml"
+    spec.write_text('dataset = "digits"\nset = { epochs = 1 }\n[[noise]]\ntype = "none"\n[[losses]]\nname = "ce"\n')
+    for args in (["train", "--set", "epochs=1"], ["sweep", str(spec)],
+                 ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--trials", "1", "--in-process"]):
+        out = run(*args, "--results", str(blocked), cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and str(blocked) in out.stderr, out.stderr
+        assert "epoch" not in out.stdout, out.stdout  # nothing trained
+        assert blocked.read_text() == "not a folder"
+
+    from drainage_bench.analysis.store import ResultsStore
+
+    root = write_rows(tmp_path / "store", HAND_ROWS)
+    ResultsStore(root, HAND_SWEEP).refresh_indexes()  # reading builds the index (a cache) otherwise
+    before = _tree(root)
+    for args, needle in ((["plot", HAND_SWEEP, "--out", str(blocked)], "is a file, not a folder"),
+                         (["table", HAND_SWEEP, "--output", str(root / HAND_SWEEP)], "is a folder; name a file"),
+                         (["table", HAND_SWEEP, "--output", str(blocked / "t.csv")], "is a file, not a folder")):
+        out = run(*args, "--results", str(root), cwd=tmp_path)
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert _tree(root) == before

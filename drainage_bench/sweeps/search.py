@@ -98,9 +98,9 @@ def storage_exists(url: str) -> bool:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL from `resolve_storage`, creating a local file's folder."""
     path = _local_file(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend
 
