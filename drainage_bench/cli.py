@@ -241,14 +241,16 @@ def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concu
 
 
 def _require_dataset(dataset: str, data_root: str | None, address: str | None) -> None:
-    """On this machine (no cluster), the dataset's files must be there before Ray starts."""
-    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+    """On this machine (no cluster), the dataset must load before Ray starts: a missing or damaged
+    file stops here, not in every trial."""
+    from drainage_bench.trainer.data import dataset_status, load_dataset, resolve_data_root
 
     if address:
         return
     found, detail = dataset_status(dataset, resolve_data_root(data_root))
     if not found:
         raise UserError(f"dataset {dataset!r} is not available: {detail}")
+    load_dataset(dataset, resolve_data_root(data_root))
 
 
 def _require_weights(configs: list) -> None:

@@ -117,3 +117,21 @@ def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert _tree(root) == before
+
+
+def test_a_damaged_data_file_stops_sweep_and_tune_before_any_trial(tmp_path: Path, data_root: Path) -> None:
+    # The files are all there, one is cut short: each trial failed on it (a sweep of failed records).
+    from conftest import assert_user_error, require_file
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (raw / name).symlink_to(require_file(data_root / "MNIST" / "raw" / name))
+    labels = require_file(data_root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz").read_bytes()
+    (raw / "train-labels-idx1-ubyte.gz").write_bytes(labels[:1000])
+    spec = tmp_path / "one.toml"
+    spec.write_text('dataset = "mnist"\nset = { epochs = 1 }\n[[noise]]\ntype = "none"\n[[losses]]\nname = "ce"\n')
+    for args in (["sweep", str(spec)],
+                 ["tune", "mnist", "--loss", "drainage", "--noise", "asym:0.2", "--trials", "1", "--in-process"]):
+        out = run(*args, "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "res"), cwd=tmp_path)
+        assert_user_error(out, "train-labels-idx1-ubyte.gz cannot be read", tmp_path / "res")
