@@ -135,3 +135,27 @@ def test_a_damaged_data_file_stops_sweep_and_tune_before_any_trial(tmp_path: Pat
                  ["tune", "mnist", "--loss", "drainage", "--noise", "asym:0.2", "--trials", "1", "--in-process"]):
         out = run(*args, "--data-root", str(tmp_path / "data"), "--results", str(tmp_path / "res"), cwd=tmp_path)
         assert_user_error(out, "train-labels-idx1-ubyte.gz cannot be read", tmp_path / "res")
+
+
+def test_a_damaged_or_foreign_file_in_the_store_is_one_line_naming_it(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from results_helpers import HAND_ROWS, HAND_SWEEP, write_rows
+
+    root = write_rows(tmp_path / "store", HAND_ROWS)
+    trials = root / HAND_SWEEP / "trials"
+    good = trials / f"{HAND_ROWS[0]['trial_id']}.parquet"
+    for name, content, needle in (("cut.parquet", good.read_bytes()[:200], "magic bytes"),
+                                  ("foreign.parquet", None, "foreign.parquet has no trial_id column")):
+        bad = trials / name
+        if content is None:
+            pq.write_table(pa.table({"x": [1, 2]}), bad)  # a parquet file from elsewhere
+        else:
+            bad.write_bytes(content)
+        before = _tree(root)
+        for args in (["table", HAND_SWEEP], ["plot", HAND_SWEEP], ["reproduce", HAND_SWEEP, bad.stem]):
+            out = run(*args, "--results", str(root), cwd=tmp_path)
+            assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+            assert len(out.stderr.strip().splitlines()) == 1 and str(trials) in out.stderr, out.stderr
+            assert _tree(root) == before
+        bad.unlink()
