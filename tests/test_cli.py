@@ -159,3 +159,23 @@ def test_a_damaged_or_foreign_file_in_the_store_is_one_line_naming_it(tmp_path: 
             assert len(out.stderr.strip().splitlines()) == 1 and str(trials) in out.stderr, out.stderr
             assert _tree(root) == before
         bad.unlink()
+
+
+def test_a_metric_no_trial_has_stops_plot_before_any_figure(tmp_path: Path) -> None:
+    # plot wrote the learning curves first, then stopped; the line named the drainage shares for any metric.
+    from results_helpers import HAND_ROWS, HAND_SWEEP, write_rows
+
+    from drainage_bench.analysis.store import ResultsStore
+
+    root = write_rows(tmp_path / "store", HAND_ROWS)
+    store = ResultsStore(root, HAND_SWEEP)
+    for row in HAND_ROWS:  # per-epoch records: the learning curves have something to draw
+        store.write_trial(row, [{"epoch": 1, "train_loss": 1.0, "test_acc": row["final_test_acc"]}])
+    store.refresh_indexes()
+    before = _tree(root)
+    for command in ("plot", "table"):
+        out = run(command, HAND_SWEEP, "--metric", "best_val_acc", "--results", str(root), cwd=tmp_path)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "best_val_acc does not apply to any selected trial: it exists for trials with a validation split" \
+            in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert _tree(root) == before
