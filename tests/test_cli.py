@@ -179,3 +179,20 @@ def test_a_metric_no_trial_has_stops_plot_before_any_figure(tmp_path: Path) -> N
         assert "best_val_acc does not apply to any selected trial: it exists for trials with a validation split" \
             in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert _tree(root) == before
+
+
+def test_a_setting_the_command_would_drop_is_refused(tmp_path: Path) -> None:
+    # --set dataset=mnist trained digits; a sweep's --set seed=5 ran the spec's seeds; tune's --set seed its --seed.
+    from conftest import assert_user_error
+
+    spec = tmp_path / "one.toml"
+    spec.write_text('dataset = "digits"\nset = { dataset = "mnist" }\n[[noise]]\ntype = "none"\n[[losses]]\nname = "ce"\n')
+    for args, needle in ((["train", "--set", "dataset=mnist"], "setting dataset='mnist' would be ignored"),
+                         (["train", "--set", "loss=gce"], "the loss comes from --loss"),
+                         (["sweep", str(spec)], "setting dataset='mnist' would be ignored"),
+                         (["sweep", "quickstart", "--set", "seed=5"], "the seed comes from the spec's seeds"),
+                         (["sweep", "quickstart", "--set", "noise_rate=0.3"], "the spec's [[noise]] (or --noise)"),
+                         (["tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--set", "seed=3"],
+                          "the seed comes from --seed")):
+        out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
+        assert_user_error(out, needle, tmp_path / "res")

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from drainage_bench.config import TrialConfig, build_config
+from drainage_bench.config import TrialConfig, build_config, refuse_chosen
 from drainage_bench.errors import UserError, did_you_mean
 
 TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses", "openset"}
@@ -88,7 +88,10 @@ class SweepSpec:
     def expand(self, extra: dict[str, Any] | None = None, tuned: TunedLookup | None = None) -> list[TrialConfig]:
         """Every TrialConfig of the sweep, in table order: loss, then noise, then split, then seed."""
         configs = []
+        grid = {**dict.fromkeys(("noise", "noise_rate", "noise_key", "noise_file"), "the spec's [[noise]] (or --noise)"),
+                "seed": "the spec's seeds", "openset": "the spec's openset", "label": "the spec's [[losses]] label"}
         for entry in self.losses:
+            refuse_chosen({**self.overrides, **entry.set, **(extra or {})}, grid)
             for noise in self.noise:
                 for split, seed in itertools.product(self.openset, self.seeds):
                     values = {**self.overrides, **entry.set, **(extra or {}),
