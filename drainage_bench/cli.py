@@ -5,6 +5,7 @@ Bad input raises UserError anywhere below; `main` prints its one line and exits 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +14,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from drainage_bench.errors import UserError
 
@@ -34,16 +36,30 @@ MaxConcurrentOpt = Annotated[Optional[int], typer.Option(help="At most this many
 AddressOpt = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", show_envvar=False, help="Join an existing Ray cluster (else $RAY_ADDRESS, else start one here).")]
 
 
+# Typer >= 0.26 parses with its own copy of click, whose exceptions are not click's.
+CLICK_ERRORS = (click.exceptions.ClickException, getattr(typer, "TyperException", click.exceptions.ClickException))
+
+
+def _error_line(message: str) -> None:
+    """``error: MESSAGE`` on stderr, the message as it is (no markup: spec messages show [[losses]])."""
+    err_console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UserError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _error_line(str(err))
         sys.exit(2)
-    except click.exceptions.ClickException as err:
-        err.show()
+    except CLICK_ERRORS as err:  # a usage error: one line, with the command's --help
+        ctx = getattr(err, "ctx", None)
+        if ctx is None or type(err).__name__ == "NoArgsIsHelpError":
+            if err.format_message().strip():  # typer may have printed the help itself
+                err.show()
+        else:
+            _error_line(f"{err.format_message().rstrip('.')}; see `{ctx.command_path} --help`")
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
@@ -57,6 +73,20 @@ def _more_evals(m: dict) -> str:
 
 def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def _writable(folder: Path, option: str = "--results") -> Path:
+    """`folder`, checked before anything runs: it (or the nearest folder above it that exists) is
+    a folder this process may write in."""
+    there = folder
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    named = f"{option} {folder}" + ("" if there == folder else f": {there}")
+    if not there.is_dir():
+        raise UserError(f"{named} is a file, not a folder; name another folder")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise UserError(f"{named} is not writable; name a folder you may write in")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +145,7 @@ def train(
     from drainage_bench.trainer.provenance import threads_for
 
     threads_for(cpus_per_trial)  # a share <= 0 stops here, before anything runs
+    _writable(results / name)
     overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -216,14 +247,16 @@ def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concu
 
 
 def _require_dataset(dataset: str, data_root: str | None, address: str | None) -> None:
-    """On this machine (no cluster), the dataset's files must be there before Ray starts."""
-    from drainage_bench.trainer.data import dataset_status, resolve_data_root
+    """On this machine (no cluster), the dataset must load before Ray starts: a missing or damaged
+    file stops here, not in every trial."""
+    from drainage_bench.trainer.data import dataset_status, load_dataset, resolve_data_root
 
     if address:
         return
     found, detail = dataset_status(dataset, resolve_data_root(data_root))
     if not found:
         raise UserError(f"dataset {dataset!r} is not available: {detail}")
+    load_dataset(dataset, resolve_data_root(data_root))
 
 
 def _require_weights(configs: list) -> None:
@@ -308,6 +341,7 @@ def sweep(
             table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
         console.print(table)
         return
+    _writable(store.path)
     if todo.todo and download:
         _load(spec.dataset, data_root, download=True)
     if todo.todo:
@@ -411,6 +445,9 @@ def table(
         width = console.width if console.is_terminal else 200  # piped: no wrapping
         sys.stdout.write(format_table(data, fmt, styled=console.is_terminal, width=width))
         return
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; name a file in it, e.g. {output / 'table.csv'}")
+    _writable(output.parent, "--output")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(format_table(data, fmt, standalone=standalone))
     console.print(f"wrote {output} ({fmt})", highlight=False)
@@ -432,7 +469,8 @@ def plot(
     from drainage_bench.analysis.tables import load_selection
 
     selection = load_selection(results, sweeps, where, loss)
-    paths, notes = make_figures(selection, out or default_out_dir(results, selection.sweeps), metric, setting, jobs)
+    out = _writable(out or default_out_dir(results, selection.sweeps), "--out")
+    paths, notes = make_figures(selection, out, metric, setting, jobs)
     for path in paths:
         console.print(f"wrote {path}", highlight=False)
     for note in notes:
@@ -564,7 +602,8 @@ def study_plot(
     """Optimisation history, the landscape of the two most important parameters, slices, learning curves (PNG)."""
     from drainage_bench.sweeps.studies import load, plot_study
 
-    for path in plot_study(load(_storage_url(storage, results), name), out or results / "studies" / name):
+    study = load(_storage_url(storage, results), name)
+    for path in plot_study(study, _writable(out or results / "studies" / name, "--out")):
         console.print(f"wrote {path}", highlight=False)
 
 

@@ -332,11 +332,21 @@ def split_overrides(loss: str, overrides: dict[str, Any]) -> tuple[dict[str, Any
     return trial, params
 
 
+def refuse_chosen(overrides: dict[str, Any], chosen: dict[str, str]) -> None:
+    """A setting (``--set`` or a spec's ``set``) of a field the command chooses itself would be
+    dropped without a word; `chosen` maps each such field to where it is chosen."""
+    for key, where in chosen.items():
+        if key in overrides:
+            raise UserError(f"setting {key}={overrides[key]!r} would be ignored: the {key} comes from {where}")
+
+
 def build_config(dataset: str, loss: str, overrides: dict[str, Any] | None = None) -> TrialConfig:
     """The recipe's defaults for (dataset, loss), then `overrides` (fields or loss parameters)."""
     from drainage_bench.trainer.data import DATASETS
     from drainage_bench.trainer.losses import LOSSES
 
+    refuse_chosen(overrides or {}, {"dataset": "--dataset (train, tune) or the spec's dataset",
+                                    "loss": "--loss (train, tune) or the spec's [[losses]]"})
     info = lookup("dataset", dataset, DATASETS)
     lookup("loss", loss, LOSSES)
     recipe = load_recipe(info.recipe)

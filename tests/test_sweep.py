@@ -160,6 +160,13 @@ name = "gce"
     ("dataset = 'digits'\nlosses = [{name='xent'}]\nnoise = [{type='none'}]\n", "unknown loss 'xent'"),
     ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='asym', rates=[1.5]}]\n", "1.5"),
     ("dataset = 'digits'\nlosses = [{name='ce'}\n", "not valid TOML"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='human', keys=5}]\n", 'noise "human" needs keys'),
+    ("dataset = 'digits'\nlosses = [{name='ce', label=5}]\nnoise = [{type='none'}]\nset = {epochs=1}\n",
+     "losses.ce.label must be a string"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='none'}]\nresources = {cpus_per_trial='abc'}\n",
+     "[resources] cpus_per_trial must be a number, got 'abc'"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='none'}]\nresources = {max_concurrent=1.5}\n",
+     "[resources] max_concurrent must be an integer"),
 ])
 def test_a_bad_spec_is_one_line_and_exit_2_before_ray(tmp_path: Path, body: str, needle: str) -> None:
     spec = write_spec(tmp_path / "bad.toml", body)

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from drainage_bench.atomic import atomic_write
 
 FILE, STAMP = "_file", "_stamp"
+KEY = "trial_id"  # every row of a per-trial file carries its trial's id
 READ_THREADS, READ_THREADS_FROM = 4, 256  # threads for a refresh that reads at least this many files
 # Builds a row filter once the columns are known: schema -> expression (None: every row).
 FilterFor = Callable[[pa.Schema], "pc.Expression | None"]
@@ -66,6 +67,7 @@ def _read_file(path: Path, stamp: str) -> pa.Table | None:
         table = pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)
     except FileNotFoundError:  # replaced or removed since it was listed: the next refresh sees it
         return None
+    _require_key(path, table.schema)
     n = table.num_rows
     return table.append_column(FILE, pa.array([path.name] * n, pa.string())).append_column(
         STAMP, pa.array([stamp] * n, pa.string()))
@@ -78,6 +80,13 @@ def _read_new(folder: Path, current: dict[str, str], names: list[str]) -> list[p
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, cpus)) as pool:
         return list(pool.map(lambda n: _read_file(folder / n, current[n]), names, chunksize=64))
+
+
+def _require_key(path: Path, schema: pa.Schema) -> None:
+    """A per-trial file names its trial in every row; a parquet file without `trial_id` (copied in
+    from elsewhere) is refused like a damaged one."""
+    if KEY not in schema.names:
+        raise pa.ArrowInvalid(f"{path.name} has no {KEY} column, so it is not a drainage-bench record")
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -136,7 +145,10 @@ def read(folder: Path, index_path: Path, columns: list[str] | None = None,
 
 def read_files(files: list[Path], columns: list[str] | None = None, filter_for: FilterFor | None = None) -> pa.Table:
     """The same selection from some trial files directly (a few trials: no index needed)."""
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    schemas = [pq.read_schema(f) for f in files]
+    for path, schema in zip(files, schemas):
+        _require_key(path, schema)
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
     return _select(ds.dataset([str(f) for f in files], schema=schema, format="parquet"), columns, filter_for)
 
 

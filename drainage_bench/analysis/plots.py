@@ -336,6 +336,7 @@ def figure_plan(selection: Selection, metric: str | None = None,
     """stem -> (a function that draws the figure or returns None, why it may be missing), for
     every figure `make_figures` writes. Bad options fail here, before anything is drawn."""
     metric_ = get_metric(metric or selection.metric)
+    aggregate(selection, metric_)  # a metric no selected trial has fails here, before any figure is written
     column = pick_setting(selection, setting)
     plan = {
         f"{metric_.name}_vs_noise": (lambda: accuracy_vs_noise(selection, metric_), "no noise type with rates"),

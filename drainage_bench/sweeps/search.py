@@ -39,7 +39,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from drainage_bench.config import FIELDS, TrialConfig, build_config, parse_scalar
+from drainage_bench.config import FIELDS, TrialConfig, build_config, parse_scalar, refuse_chosen
 from drainage_bench.errors import UserError, did_you_mean
 
 OBJECTIVES = ("final_val_acc", "best_val_acc")
@@ -98,9 +98,9 @@ def storage_exists(url: str) -> bool:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL from `resolve_storage`, creating a local file's folder."""
     path = _local_file(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
             from optuna.storages.journal import JournalFileBackend
 
@@ -258,6 +258,8 @@ def make_search(dataset: str, loss: str, noise: str, *, overrides: dict[str, Any
     """A validated `Search` for (dataset, loss, noise) on the 80/20 split."""
     from drainage_bench.trainer.noise import noise_fields
 
+    refuse_chosen(overrides or {}, {**dict.fromkeys(("noise", "noise_rate", "noise_key", "noise_file"), "--noise"),
+                                     "seed": "--seed", "val_labels": "--val-labels"})
     values = {"val_fraction": VAL_FRACTION, **(overrides or {}), **noise_fields(noise), "seed": seed,
               "val_labels": val_labels}
     base = build_config(dataset, loss, values)

@@ -42,7 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-from drainage_bench.config import TrialConfig, build_config
+from drainage_bench.config import TrialConfig, build_config, refuse_chosen
 from drainage_bench.errors import UserError, did_you_mean
 
 TOP_KEYS = {"description", "dataset", "seeds", "metric", "set", "resources", "noise", "losses", "openset"}
@@ -88,7 +88,10 @@ class SweepSpec:
     def expand(self, extra: dict[str, Any] | None = None, tuned: TunedLookup | None = None) -> list[TrialConfig]:
         """Every TrialConfig of the sweep, in table order: loss, then noise, then split, then seed."""
         configs = []
+        grid = {**dict.fromkeys(("noise", "noise_rate", "noise_key", "noise_file"), "the spec's [[noise]] (or --noise)"),
+                "seed": "the spec's seeds", "openset": "the spec's openset", "label": "the spec's [[losses]] label"}
         for entry in self.losses:
+            refuse_chosen({**self.overrides, **entry.set, **(extra or {})}, grid)
             for noise in self.noise:
                 for split, seed in itertools.product(self.openset, self.seeds):
                     values = {**self.overrides, **entry.set, **(extra or {}),
@@ -176,6 +179,10 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
     if not isinstance(resources_, dict):
         raise _fail(source, "[resources] must be a table")
     _unknown(source, "[resources]", resources_, RESOURCE_KEYS)
+    for key, value in resources_.items():
+        whole = key == "max_concurrent"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            raise _fail(source, f"[resources] {key} must be {'an integer' if whole else 'a number'}, got {value!r}")
     return SweepSpec(
         name=name, dataset=raw["dataset"], losses=tuple(_loss_entries(raw["losses"], source)),
         noise=tuple(_noise_settings(raw["noise"], source)), seeds=tuple(seeds), metric=metric,
@@ -210,6 +217,8 @@ def _loss_entries(value: Any, source: str) -> list[LossEntry]:
         _unknown(source, "[[losses]]", item, LOSS_KEYS)
         if not isinstance(item.get("name"), str):
             raise _fail(source, "every [[losses]] entry needs a name")
+        if not isinstance(item.get("label", ""), str):
+            raise _fail(source, f"losses.{item['name']}.label must be a string (the row's name in tables)")
         params = item.get("params", {})
         if params != "tuned":
             params = _table(params, source, f"losses.{item['name']}.params")
@@ -228,7 +237,11 @@ def _noise_settings(value: Any, source: str) -> list[NoiseSetting]:
         if not isinstance(kind, str):
             raise _fail(source, "every [[noise]] entry needs a type")
         if kind == "human":
-            settings += [NoiseSetting("human", 0.0, key) for key in item.get("keys", [None])]
+            keys = item.get("keys")
+            if keys is not None and not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+                raise _fail(source, f'noise "human" needs keys = ["worse_label", ...] (or no keys: the '
+                                    f"dataset's default), got {keys!r}")
+            settings += [NoiseSetting("human", 0.0, key) for key in keys or [None]]
         elif kind == "none":
             settings.append(NoiseSetting("none"))
         elif kind == "file":
