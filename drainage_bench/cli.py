@@ -321,7 +321,7 @@ def sweep(
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.expected import record_expected
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials
+    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials, start_ray
 
     from drainage_bench.sweeps.spec import with_noise
     from drainage_bench.trainer.noise import check_label_files
@@ -352,6 +352,8 @@ def sweep(
         _require_corruptions(todo.todo, data_root, address)
         for other in sorted({c.openset[3:] for c in todo.todo if c.openset.startswith("vs:")}):
             _require_dataset(other, data_root, address)  # cross-dataset open-set unknowns
+    if todo.todo:
+        start_ray(address, res)  # before anything is written: refuses a trial share no node can hold
     record_expected(store, spec, configs)  # what `table` and `status` read as the sweep's trial list
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()

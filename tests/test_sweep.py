@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -203,6 +204,21 @@ def test_gpu_share_and_device_are_checked_before_ray(tmp_path: Path) -> None:
     out = subprocess.run([*CLI, "sweep", "quickstart", "--gpus-per-trial", "0.25", "--dry-run", "--results", "r"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "0.25 GPU per trial" in out.stdout, out.stderr
+
+
+@pytest.mark.slow
+def test_a_cpu_share_larger_than_the_machine_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # Tune would keep such a trial pending forever, printing nothing (the sweep hung).
+    spec = write_spec(tmp_path / "tiny.toml", TINY.format(epochs=1, concurrent=1))
+    line = re.compile(r"--cpus-per-trial=4096 is more than this machine has \((\d+) CPUs for Ray\): no trial could "
+                      r"start; give --cpus-per-trial \1 or less \(a spec sets it in \[resources\]\)$")
+    out = run_cli("sweep", str(spec), "--results", "r", "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert line.search(out.stderr.strip().splitlines()[-1]), out.stderr
+    assert not list((tmp_path / "r").rglob("*.parquet"))  # not even the trial list
+    out = run_cli("tune", "digits", "--loss", "gce", "--noise", "sym:0.2", "--trials", "1", "--storage",
+                  str(tmp_path / "s.log"), "--results", "r", "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and line.search(out.stderr.strip().splitlines()[-1]), out.stderr
 
 
 def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> None:

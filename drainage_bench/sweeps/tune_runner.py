@@ -102,13 +102,16 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool,
     return res
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, resources: Resources | None = None) -> None:
     """Join the cluster at `address`, or start a Ray instance of our own on this machine (once per
     process). Without an address Ray would join the cluster named in /tmp/ray/ray_current_cluster,
-    and wait forever if that one has died; ``--address auto`` joins a running one on purpose."""
+    and wait forever if that one has died; ``--address auto`` joins a running one on purpose.
+    With `resources`, refuses a trial share no node can hold (`check_fits`)."""
     import ray
 
     if ray.is_initialized():
+        if resources is not None:
+            check_fits(resources)
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
@@ -119,6 +122,24 @@ def start_ray(address: str | None) -> None:
         raise UserError(f"could not join the Ray cluster at {address} ({err}): check --address or RAY_ADDRESS; "
                         "a cluster with token authentication (Ray >= 2.59 starts local ones with it) also needs "
                         "RAY_AUTH_MODE=token and its token (`ray get-auth-token`) here") from None
+    if resources is not None:
+        check_fits(resources)
+
+
+def check_fits(res: Resources) -> None:
+    """A trial needs its whole CPU and GPU share on one node: a share larger than every node of
+    the Ray instance has would wait forever (Tune keeps it pending, printing nothing), so it is
+    refused in one line, naming the largest node."""
+    import ray
+
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    for kind, want, option in (("CPU", res.cpus_per_trial, "--cpus-per-trial"),
+                               ("GPU", res.gpus_per_trial, "--gpus-per-trial")):
+        most = max((node.get(kind, 0.0) for node in nodes), default=0.0)
+        if want > 0 and want > most:
+            where = "this machine" if len(nodes) == 1 else "the largest node of the cluster"
+            raise UserError(f"{option}={want:g} is more than {where} has ({most:g} {kind}s for Ray): "
+                            f"no trial could start; give {option} {most:g} or less (a spec sets it in [resources])")
 
 
 @contextlib.contextmanager
