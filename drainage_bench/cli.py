@@ -568,7 +568,7 @@ def study_show(
     name: Annotated[str, typer.Argument(help="Study name (see `drainage-bench study list`).")],
     storage: StorageOpt = None,
     results: ResultsRoot = Path("results"),
-    top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="How many of the best trials to list.")] = 10,
 ) -> None:
     """The best trials, parameter importances, and the command to open the study in optuna-dashboard."""
     from drainage_bench.sweeps.studies import best_trials, dashboard_command, importances, load, recipe_trial

@@ -66,6 +66,7 @@ def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
                          (["sweep", "quickstart", "--max-concurrent", "x"], "Invalid value for '--max-concurrent'"),
                          (["reproduce"], "Missing argument 'sweep'"),
                          (["study", "show"], "Missing argument 'name'"),
+                         (["study", "show", "s", "--top", "0"], "Invalid value for '--top'"),
                          (["nocommand"], "No such command 'nocommand'")):
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
         assert_user_error(out, needle, tmp_path / "res")

@@ -52,13 +52,22 @@ def test_parse_noise_reads_the_valid_forms(text, expected):
 
 @pytest.mark.parametrize(
     "text", ["", "sym", "sym:", "sym:x", "sym:1", "sym:1.5", "asym:-0.1", "instance:nan", "none:0.2",
-             "gauss:0.1", "human:", "human:worst_label", "sym:0.4:extra"],
+             "gauss:0.1", "human:", "sym:0.4:extra"],
 )
 def test_parse_noise_rejects_bad_text_naming_it_and_the_valid_forms(text):
     with pytest.raises(UserError) as caught:
         parse_noise(text)
     assert repr(text) in str(caught.value)
     assert "sym:RATE" in str(caught.value) and "human:KEY" in str(caught.value)
+
+
+def test_an_unknown_human_key_names_the_valid_keys_once():
+    # The form is right, the key is not: the keys are the help (the forms after them read "valid:" twice).
+    with pytest.raises(UserError) as caught:
+        parse_noise("human:worst_label")
+    assert str(caught.value) == ("noise 'human:worst_label': unknown human label key 'worst_label'; "
+                                 "valid: aggre_label, noisy_label, random_label1, random_label2, "
+                                 "random_label3, worse_label")
 
 
 def test_the_registry_holds_the_six_types():

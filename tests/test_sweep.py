@@ -168,6 +168,17 @@ name = "gce"
      "[resources] cpus_per_trial must be a number, got 'abc'"),
     ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='none'}]\nresources = {max_concurrent=1.5}\n",
      "[resources] max_concurrent must be an integer"),
+    # What would be dropped or counted once without a word:
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='none', rates=[0.2]}]\n",
+     "noise 'none' takes no 'rates'"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='sym', rates=[0.2], keys=['a']}]\n",
+     "noise 'sym' takes no 'keys' (it takes rates)"),
+    ("dataset = 'digits'\nseeds = [0, 1, 0]\nlosses = [{name='ce'}]\nnoise = [{type='none'}]\n",
+     "'seeds' lists a seed twice: [0, 1, 0]"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}, {name='gce'}, {name='ce'}]\nnoise = [{type='none'}]\n",
+     "comes twice from the grid (loss ce, noise clean, seed 0)"),
+    ("dataset = 'digits'\nlosses = [{name='ce'}]\nnoise = [{type='asym', rates=[0.2, 0.2]}]\n",
+     "comes twice from the grid (loss ce, noise asym0.2, seed 0)"),
 ])
 def test_a_bad_spec_is_one_line_and_exit_2_before_ray(tmp_path: Path, body: str, needle: str) -> None:
     spec = write_spec(tmp_path / "bad.toml", body)

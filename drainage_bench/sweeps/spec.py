@@ -110,6 +110,13 @@ class SweepSpec:
                         config = build_config(self.dataset, entry.name, {**values, **params})
                         config = config.replace(params_source=source)
                     configs.append(config)
+        seen: set[str] = set()
+        for config in configs:  # a loss, rate or seed listed twice would run (and count) as one trial
+            if config.trial_id in seen:
+                raise UserError(f"spec {self.name!r}: the trial {config.trial_id} comes twice from the grid "
+                                f"(loss {config.label or config.loss}, noise {config.noise_tag}, seed {config.seed}): "
+                                "list each loss, noise rate and seed once (a loss twice needs other settings)")
+            seen.add(config.trial_id)
         return configs
 
 
@@ -168,6 +175,8 @@ def parse_spec(raw: dict[str, Any], name: str, source: str = "<spec>") -> SweepS
     seeds = raw.get("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds)):
         raise _fail(source, f"'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(source, f"'seeds' lists a seed twice: {seeds!r}")
     metric = raw.get("metric", "final_test_acc")
     from drainage_bench.catalog import get_metric
 
@@ -236,6 +245,10 @@ def _noise_settings(value: Any, source: str) -> list[NoiseSetting]:
         kind = item.get("type")
         if not isinstance(kind, str):
             raise _fail(source, "every [[noise]] entry needs a type")
+        takes = {"none": set(), "human": {"keys"}, "file": {"path"}}.get(kind, {"rates"})
+        for key in sorted(set(item) - {"type"} - takes):  # e.g. rates under type = "none": silently dropped
+            raise _fail(source, f"noise {kind!r} takes no {key!r}"
+                                + (f" (it takes {', '.join(sorted(takes))})" if takes else ""))
         if kind == "human":
             keys = item.get("keys")
             if keys is not None and not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):

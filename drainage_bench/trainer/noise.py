@@ -109,7 +109,8 @@ def parse_noise(text: str) -> tuple[str, float, str | None]:
     try:
         validate_noise(parsed[0], parsed[1], key=parsed[2])
     except UserError as err:
-        raise UserError(f"noise {text!r}: {err}; {VALID_FORMS}") from None
+        # an error that lists its own valid values (the human label keys) is not followed by the forms
+        raise UserError(f"noise {text!r}: {err}" + ("" if "valid:" in str(err) else f"; {VALID_FORMS}")) from None
     return parsed
 
 
