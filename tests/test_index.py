@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from drainage_bench.analysis import index
 from drainage_bench.analysis import tables as T
@@ -92,6 +93,34 @@ def test_a_refresh_read_by_threads_equals_pandas_file_by_file(tmp_path: Path, mo
 
     write_rows(tmp_path, rows(30, start=50))  # an incremental refresh: 30 new files beside the kept rows
     same(indexed(tmp_path), direct(tmp_path))
+
+
+def test_an_index_an_older_version_built_with_a_foreign_file_is_rebuilt_and_refuses_it(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from drainage_bench.errors import UserError
+
+    write_rows(tmp_path, rows(70))
+    trials = tmp_path / HAND_SWEEP / "trials"
+    pq.write_table(pa.table({"x": [1]}), trials / "foreign.parquet")  # copied in from elsewhere
+    index_file = tmp_path / HAND_SWEEP / "index" / "trials.parquet"
+    index.read(trials, index_file, key=None)  # as versions before the check built it: a row without trial_id
+    assert pq.read_table(index_file).column("trial_id").null_count == 1
+    with pytest.raises(UserError, match="foreign.parquet has no trial_id column"):
+        ResultsStore(tmp_path, HAND_SWEEP).read("trials")
+    (trials / "foreign.parquet").unlink()
+    same(indexed(tmp_path), direct(tmp_path))
+
+
+def test_kinds_whose_rows_do_not_name_their_trial_are_read_without_the_key(tmp_path: Path) -> None:
+    # Per-sample files (samples, openset) carry no trial_id column: only trials, epochs and
+    # corruptions records must have one.
+    folder = tmp_path / HAND_SWEEP / "samples"
+    folder.mkdir(parents=True)
+    for s in range(3):
+        pd.DataFrame({"drainage_prob": [s / 10, 0.5]}).to_parquet(folder / f"t{s}.parquet")
+    got = ResultsStore(tmp_path, HAND_SWEEP).read("samples")
+    assert sorted(got["drainage_prob"]) == [0.0, 0.1, 0.2, 0.5, 0.5, 0.5]
 
 
 READER = textwrap.dedent("""

@@ -57,7 +57,7 @@ def stamps(folder: Path) -> dict[str, str]:
     return out
 
 
-def _read_file(path: Path, stamp: str) -> pa.Table | None:
+def _read_file(path: Path, stamp: str, key: str | None) -> pa.Table | None:
     """One trial file with its `_file` and `_stamp` columns (None if it is gone).
 
     Read through `ParquetFile` in one thread, without pre-buffering: a trial file is one small row
@@ -67,26 +67,26 @@ def _read_file(path: Path, stamp: str) -> pa.Table | None:
         table = pq.ParquetFile(path, pre_buffer=False).read(use_threads=False)
     except FileNotFoundError:  # replaced or removed since it was listed: the next refresh sees it
         return None
-    _require_key(path, table.schema)
+    _require_key(path, table.schema, key)
     n = table.num_rows
     return table.append_column(FILE, pa.array([path.name] * n, pa.string())).append_column(
         STAMP, pa.array([stamp] * n, pa.string()))
 
 
-def _read_new(folder: Path, current: dict[str, str], names: list[str]) -> list[pa.Table | None]:
+def _read_new(folder: Path, current: dict[str, str], names: list[str], key: str | None) -> list[pa.Table | None]:
     """The files `names` of `folder`, read by a few threads (pyarrow decodes without the GIL)."""
     if len(names) < READ_THREADS_FROM:
-        return [_read_file(folder / n, current[n]) for n in names]
+        return [_read_file(folder / n, current[n], key) for n in names]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, cpus)) as pool:
-        return list(pool.map(lambda n: _read_file(folder / n, current[n]), names, chunksize=64))
+        return list(pool.map(lambda n: _read_file(folder / n, current[n], key), names, chunksize=64))
 
 
-def _require_key(path: Path, schema: pa.Schema) -> None:
-    """A per-trial file names its trial in every row; a parquet file without `trial_id` (copied in
-    from elsewhere) is refused like a damaged one."""
-    if KEY not in schema.names:
-        raise pa.ArrowInvalid(f"{path.name} has no {KEY} column, so it is not a drainage-bench record")
+def _require_key(path: Path, schema: pa.Schema, key: str | None) -> None:
+    """A record of a kind that names its trial in every row (`key`: trials, epochs, corruptions)
+    without that column (a parquet file copied in from elsewhere) is refused like a damaged one."""
+    if key is not None and key not in schema.names:
+        raise pa.ArrowInvalid(f"{path.name} has no {key} column, so it is not a drainage-bench record")
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -95,7 +95,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
 
 
 def _rebuild(folder: Path, index_path: Path, current: dict[str, str], known_stamps: dict[str, str] | None,
-             old: Callable[[], pa.Table]) -> pa.Table:
+             old: Callable[[], pa.Table], key: str | None) -> pa.Table:
     """The index of `folder` from the rows of `old()` whose file has the same stamp and the files
     that are new or were replaced; written in place of the index file (removed when empty)."""
     keep = set() if known_stamps is None else {f for f, s in known_stamps.items() if current.get(f) == s}
@@ -103,7 +103,7 @@ def _rebuild(folder: Path, index_path: Path, current: dict[str, str], known_stam
     if keep:
         rows = old()
         parts.append(rows.filter(pc.is_in(rows.column(FILE), value_set=pa.array(sorted(keep), pa.string()))))
-    parts.extend(t for t in _read_new(folder, current, sorted(set(current) - keep)) if t is not None)
+    parts.extend(t for t in _read_new(folder, current, sorted(set(current) - keep), key) if t is not None)
     parts = [p for p in parts if p.num_rows]
     if not parts:
         _remove(index_path)
@@ -115,9 +115,11 @@ def _rebuild(folder: Path, index_path: Path, current: dict[str, str], known_stam
 
 
 def read(folder: Path, index_path: Path, columns: list[str] | None = None,
-         filter_for: FilterFor | None = None) -> pa.Table:
+         filter_for: FilterFor | None = None, key: str | None = KEY) -> pa.Table:
     """The rows of every file of `folder` (refreshing the index first), projected to `columns`
     (those that exist) and filtered by `filter_for(schema)`, pushed down into the parquet read.
+    With `key`, every file must have that column (`_require_key`); an index an older version built
+    with a file lacking it (null keys) is rebuilt, which refuses that file.
 
     The index file is mapped once and every read of it goes through that mapping: another reader
     renaming a fresh index over the path meanwhile cannot mix the footer of one file with the
@@ -131,23 +133,27 @@ def read(folder: Path, index_path: Path, columns: list[str] | None = None,
         with mapped:
             try:
                 fragment = ds.ParquetFileFormat().make_fragment(mapped)
-                known = fragment.to_table(columns=[FILE, STAMP])
+                keyed = key is not None and key in fragment.physical_schema.names
+                known = fragment.to_table(columns=[FILE, STAMP] + ([key] if keyed else []))
                 known_stamps = dict(zip(known.column(FILE).to_pylist(), known.column(STAMP).to_pylist()))
+                if key is not None and known.num_rows and (not keyed or known.column(key).null_count):
+                    known_stamps = None  # a foreign file got in before the check existed
             except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, OSError):  # damaged or foreign: rebuild
                 known_stamps = None
             if known_stamps == current:  # current: the selection straight from the mapped file
                 return _select(fragment, columns, filter_for)
             if known_stamps is not None:
-                return _select(ds.dataset(_rebuild(folder, index_path, current, known_stamps, fragment.to_table)),
-                               columns, filter_for)
-    return _select(ds.dataset(_rebuild(folder, index_path, current, None, pa.table)), columns, filter_for)
+                return _select(ds.dataset(_rebuild(folder, index_path, current, known_stamps, fragment.to_table,
+                                                   key)), columns, filter_for)
+    return _select(ds.dataset(_rebuild(folder, index_path, current, None, pa.table, key)), columns, filter_for)
 
 
-def read_files(files: list[Path], columns: list[str] | None = None, filter_for: FilterFor | None = None) -> pa.Table:
+def read_files(files: list[Path], columns: list[str] | None = None, filter_for: FilterFor | None = None,
+               key: str | None = KEY) -> pa.Table:
     """The same selection from some trial files directly (a few trials: no index needed)."""
     schemas = [pq.read_schema(f) for f in files]
     for path, schema in zip(files, schemas):
-        _require_key(path, schema)
+        _require_key(path, schema, key)
     schema = pa.unify_schemas(schemas, promote_options="permissive")
     return _select(ds.dataset([str(f) for f in files], schema=schema, format="parquet"), columns, filter_for)
 

@@ -113,15 +113,16 @@ class ResultsStore:
         if not folder.is_dir():
             return pd.DataFrame()
         ids = None if trial_ids is None else sorted(set(trial_ids))
+        key = index.KEY if kind in INDEXED else None  # the kinds whose every row names its trial
         with _readable(folder):
             if kind in UNINDEXED or (ids is not None and len(ids) <= DIRECT_MAX):
                 files = trial_files(folder, ids)
                 if not files:
                     return pd.DataFrame()
-                table = index.read_files(files, columns, filter_for)
+                table = index.read_files(files, columns, filter_for, key)
             else:
                 table = index.read(folder, self.path / "index" / f"{kind}.parquet", columns,
-                                   _with_ids(filter_for, ids))
+                                   _with_ids(filter_for, ids), key)
         return table.to_pandas()
 
     def trials(self, trial_ids: Iterable[str] | None = None, columns: list[str] | None = None,
