@@ -230,6 +230,7 @@ def test_a_cpu_share_larger_than_the_machine_is_refused_before_anything_is_writt
     out = run_cli("tune", "digits", "--loss", "gce", "--noise", "sym:0.2", "--trials", "1", "--storage",
                   str(tmp_path / "s.log"), "--results", "r", "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and line.search(out.stderr.strip().splitlines()[-1]), out.stderr
+    assert not (tmp_path / "s.log").exists()  # the study was not written either
 
 
 def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> None:

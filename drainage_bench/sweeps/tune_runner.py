@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -111,7 +112,7 @@ def start_ray(address: str | None, resources: Resources | None = None) -> None:
 
     if ray.is_initialized():
         if resources is not None:
-            check_fits(resources)
+            check_fits(resources, address)
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
@@ -123,13 +124,14 @@ def start_ray(address: str | None, resources: Resources | None = None) -> None:
                         "a cluster with token authentication (Ray >= 2.59 starts local ones with it) also needs "
                         "RAY_AUTH_MODE=token and its token (`ray get-auth-token`) here") from None
     if resources is not None:
-        check_fits(resources)
+        check_fits(resources, address)
 
 
-def check_fits(res: Resources) -> None:
-    """A trial needs its whole CPU and GPU share on one node: a share larger than every node of
-    the Ray instance has would wait forever (Tune keeps it pending, printing nothing), so it is
-    refused in one line, naming the largest node."""
+def check_fits(res: Resources, address: str | None = None) -> None:
+    """A trial needs its whole CPU and GPU share on one node: a share larger than every node has
+    would wait forever (Tune keeps it pending, printing nothing). On the Ray instance of our own
+    (no `address`) that is refused in one line; on a cluster, whose autoscaler may still add such
+    a node, it is a warning."""
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
@@ -137,8 +139,11 @@ def check_fits(res: Resources) -> None:
                                ("GPU", res.gpus_per_trial, "--gpus-per-trial")):
         most = max((node.get(kind, 0.0) for node in nodes), default=0.0)
         if want > 0 and want > most:
-            where = "this machine" if len(nodes) == 1 else "the largest node of the cluster"
-            raise UserError(f"{option}={want:g} is more than {where} has ({most:g} {kind}s for Ray): "
+            if address:
+                print(f"warning: {option}={want:g} is more than any node of the cluster has now ({most:g} {kind}s "
+                      "at most): trials wait until such a node joins", file=sys.stderr)
+                continue
+            raise UserError(f"{option}={want:g} is more than this machine has ({most:g} {kind}s for Ray): "
                             f"no trial could start; give {option} {most:g} or less (a spec sets it in [resources])")
 
 
