@@ -75,13 +75,13 @@ def _pct(x: float) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
-def _writable(folder: Path, option: str = "--results") -> Path:
+def _writable(folder: Path, option: str = "--results", given: Path | None = None) -> Path:
     """`folder`, checked before anything runs: it (or the nearest folder above it that exists) is
-    a folder this process may write in."""
+    a folder this process may write in. `given`: what the user named, when `folder` holds it."""
     there = folder
     while not there.exists() and there != there.parent:
         there = there.parent
-    named = f"{option} {folder}" + ("" if there == folder else f": {there}")
+    named = f"{option} {given or folder}" + ("" if there == (given or folder) else f": {there}")
     if not there.is_dir():
         raise UserError(f"{named} is a file, not a folder; name another folder")
     if not os.access(there, os.W_OK | os.X_OK):
@@ -197,13 +197,15 @@ def reproduce(
 
     cmp = rerun(results, sweep, trial_id, data_root)
     console.print(f"{cmp.trial_id}: ran again on {cmp.device} with {cmp.threads} torch thread(s)", highlight=False)
-    for name, old, new in cmp.conditions:
-        console.print(f"[yellow]{name}[/]: recorded {old}, here {new} (a difference may come from this)",
-                      highlight=False)
+    from rich.markup import escape
+
+    for name, old, new in cmp.conditions:  # values are text, not markup (a torch error may hold brackets)
+        console.print(f"[yellow]{name}[/]: recorded {escape(str(old))}, here {escape(str(new))} "
+                      "(a difference may come from this)", highlight=False)
     table = Table("metric", "recorded", "new", "identical", box=None)
     for metric, old, new, same in cmp.rows:
         mark = "not recorded" if same is None else ("yes" if same else "[red]NO[/]")
-        table.add_row(metric, "—" if old is None else repr(old), "—" if new is None else repr(new), mark)
+        table.add_row(metric, "—" if old is None else escape(repr(old)), "—" if new is None else escape(repr(new)), mark)
     console.print(table)
     epochs = ("identical" if not cmp.epochs_differing else
               "[red]differ[/] at epoch(s) " + ", ".join(str(e) for e in cmp.epochs_differing if e > 0)
@@ -449,7 +451,7 @@ def table(
         return
     if output.is_dir():
         raise UserError(f"--output {output} is a folder; name a file in it, e.g. {output / 'table.csv'}")
-    _writable(output.parent, "--output")
+    _writable(output.parent, "--output", output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(format_table(data, fmt, standalone=standalone))
     console.print(f"wrote {output} ({fmt})", highlight=False)
@@ -533,6 +535,10 @@ def tune(
 
     check_label_files([s.base for s in plan.searches])  # file noise: one label per training sample
     _require_weights([s.base for s in plan.searches])
+    if res is not None:  # before the study is written: refuses a trial share no node can hold
+        from drainage_bench.sweeps.tune_runner import start_ray
+
+        start_ray(address, res)
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:
         tally = run_search(search, url, resources=res, address=address,

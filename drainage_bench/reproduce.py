@@ -25,7 +25,7 @@ TIMINGS = ("train_seconds", "epoch_seconds")
 # recorded) that the numbers follow: where this machine's differ from the record's, a difference
 # may come from them, so they are reported (they do not make the comparison fail by themselves).
 CONDITIONS = ("torch_version", "cpu_capability", "numpy_version", "scipy_version", "sklearn_version",
-              "torchvision_version", "torch_cuda", "cudnn_version", "gpu_name")
+              "torchvision_version", "torch_cuda", "cudnn_version", "gpu_name", "compile_status")
 # The per-sample (per-cell) records of a trial, stored beside its record (ResultsStore.write_trial).
 PARTS = ("samples", "openset", "corruptions")
 
@@ -128,6 +128,12 @@ def load_record(results: Path, sweep: str, trial_id: str):
     return record, epochs.to_dict("records")
 
 
+def _condition(name: str, value: Any) -> Any:
+    """A condition as compared: of ``compile_status`` only the state (``compiled``, ``eager``, ...),
+    not the text of the error that made a trial run eager (paths and line numbers vary)."""
+    return value.split(":", 1)[0] if name == "compile_status" and isinstance(value, str) else value
+
+
 def same_part(stored: Path, fresh: Any) -> bool | None:
     """Whether the stored per-sample file `stored` holds exactly `fresh` (the new run's samples or
     open-set columns, or its corruption rows); None when the record has no such file."""
@@ -165,7 +171,7 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
         raise UserError(f"the new run of {trial_id} failed: {result.error}")
     new = {**result.summary, "realized_noise_rate": result.realized_noise_rate,
            "noise_hash": result.noise["hash"] if result.noise else None, "epochs_run": len(result.epochs),
-           "precision": result.extra.get("precision"), "compile_status": result.extra.get("compile_status")}
+           "precision": result.extra.get("precision")}
     rows = []
     for metric, value in new.items():
         if metric in record:
@@ -184,5 +190,6 @@ def reproduce(results: Path, sweep: str, trial_id: str, data_root: str | None = 
     parts = [(kind, same_part(files[kind], fresh[kind])) for kind in PARTS if fresh[kind] or files[kind].is_file()]
     here = result.record()
     conditions = [(name, _plain(record[name]), here.get(name)) for name in CONDITIONS
-                  if _plain(record.get(name)) is not None and _plain(record[name]) != here.get(name)]
+                  if _plain(record.get(name)) is not None
+                  and _condition(name, _plain(record[name])) != _condition(name, here.get(name))]
     return Comparison(trial_id, threads, device, rows, differing, parts, conditions)

@@ -53,9 +53,9 @@ def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: 
                  ["sweep", "quickstart", "--cpus-per-trial", "0"],
                  ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.4", "--cpus-per-trial", "-1"]):
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
-        assert_user_error(out, "must be a number > 0", tmp_path / "res")
+        assert_user_error(out, "must be a finite number > 0", tmp_path / "res")
     out = run("train", "--cpus-per-trial", "inf", "--results", str(tmp_path / "res"), cwd=tmp_path)
-    assert_user_error(out, "--cpus-per-trial=inf must be a number > 0", tmp_path / "res")
+    assert_user_error(out, "--cpus-per-trial=inf must be a finite number > 0", tmp_path / "res")
 
 
 def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
@@ -113,7 +113,8 @@ def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_
     before = _tree(root)
     for args, needle in ((["plot", HAND_SWEEP, "--out", str(blocked)], "is a file, not a folder"),
                          (["table", HAND_SWEEP, "--output", str(root / HAND_SWEEP)], "is a folder; name a file"),
-                         (["table", HAND_SWEEP, "--output", str(blocked / "t.csv")], "is a file, not a folder")):
+                         (["table", HAND_SWEEP, "--output", str(blocked / "t.csv")],
+                          f"--output {blocked / 't.csv'}: {blocked} is a file, not a folder")):
         out = run(*args, "--results", str(root), cwd=tmp_path)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
@@ -197,3 +198,22 @@ def test_a_setting_the_command_would_drop_is_refused(tmp_path: Path) -> None:
                           "the seed comes from --seed")):
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
         assert_user_error(out, needle, tmp_path / "res")
+
+
+def test_a_setting_the_grid_does_not_choose_is_applied() -> None:
+    # Without an `openset` list the grid has no split: a spec's set (or --set) chooses it, as before.
+    import pytest
+
+    from drainage_bench.errors import UserError
+    from drainage_bench.sweeps.spec import parse_spec
+
+    raw = {"dataset": "mnist", "losses": [{"name": "ce"}, {"name": "drainage"}],
+           "noise": [{"type": "none"}], "set": {"openset": "standard:0"}}
+    configs = parse_spec(raw, "x").expand()
+    assert [c.openset for c in configs] == ["standard:0", "standard:0"]
+    assert [c.openset for c in parse_spec({**raw, "set": {}}, "x").expand({"openset": "standard:1"})] == \
+        ["standard:1", "standard:1"]
+    with pytest.raises(UserError, match="the openset comes from the spec's openset"):
+        parse_spec({**raw, "openset": ["standard:0", "standard:1"]}, "x").expand()
+    with pytest.raises(UserError, match=r"'openset' lists a split twice: \['standard:0', 'standard:0'\]"):
+        parse_spec({**raw, "set": {}, "openset": ["standard:0", "standard:0"]}, "x")

@@ -219,7 +219,8 @@ def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Pat
             ("other-labels", {**record, "noise_hash": "0" * 64}, result.samples, result.corruptions),
             ("other-samples", record, samples, result.corruptions),
             ("other-cells", record, result.samples, cells),
-            ("older-torch", {**record, "torch_version": "1.0.0", "sklearn_version": None}, result.samples,
+            ("older-torch", {**record, "torch_version": "1.0.0", "sklearn_version": None,
+                             "compile_status": "eager: [/tmp/x.cpp:3] no C compiler"}, result.samples,
              result.corruptions)]:
         ResultsStore(tmp_path, sweep).write_trial(row, result.epochs, sample_rows, result.noise, corruptions=cell_rows)
 
@@ -230,7 +231,8 @@ def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Pat
     assert ran.conditions == []
     # Recorded under another torch (and before sklearn_version was recorded): reported, not a difference.
     older = reproduce(tmp_path, "older-torch", config.trial_id)
-    assert older.identical and older.conditions == [("torch_version", "1.0.0", torch.__version__)]
+    assert older.identical and older.conditions == [("torch_version", "1.0.0", torch.__version__),
+                                                    ("compile_status", "eager: [/tmp/x.cpp:3] no C compiler", "off")]
     labels = reproduce(tmp_path, "other-labels", config.trial_id)
     assert not labels.identical and [m for m, *_, same in labels.rows if not same] == ["noise_hash"]
     assert labels.parts == [("samples", True), ("corruptions", True)]
@@ -244,7 +246,7 @@ def test_reproduce_compares_the_labels_and_the_per_sample_records(data_root: Pat
 def test_reproduce_runs_under_the_recorded_precision(data_root: Path, tmp_path: Path) -> None:
     """amp=true on a CPU without bf16 instructions trains in fp32 and records precision fp32; on a
     CPU with them, reproduce runs that record in fp32 too (the config alone would give bf16), and
-    compares precision and compile_status like a metric."""
+    compares precision like a metric (compile_status is a reported condition)."""
     from drainage_bench.reproduce import reproduce
     from drainage_bench.trainer.loop import Precision, cpu_has_bf16, run_trial
 
@@ -267,4 +269,4 @@ def test_reproduce_runs_under_the_recorded_precision(data_root: Path, tmp_path: 
         rows = {metric: (old, new, same) for metric, old, new, same in cmp.rows}
         assert cmp.identical, [row for row in cmp.rows if not row[3]]
         assert rows["precision"] == (result.extra["precision"],) * 2 + (True,)
-        assert rows["compile_status"] == ("off", "off", True)
+        assert "compile_status" not in rows and cmp.conditions == []

@@ -111,6 +111,14 @@ def test_spec_order_and_missing_trials(tmp_path):
     assert "Failed trials: 0; trials without a record (running or not started): 33." in T.footnotes(data, "b", "s")[2]
 
 
+def test_a_metric_older_records_lack_says_so(tmp_path):
+    # HAND_ROWS predate the calibration metrics (no final_test_ece column): "exists for every trial only" read as nonsense.
+    root = write_rows(tmp_path, HAND_ROWS)
+    with pytest.raises(UserError, match=r"metric final_test_ece does not apply to any selected trial: the selected "
+                                        r"records predate it \(an older version wrote them\); choose another"):
+        T.aggregate(T.load_selection(root, [HAND_SWEEP]), "final_test_ece")
+
+
 def test_where_and_loss_filters(hand):
     data = T.aggregate(T.load_selection(hand, where=["noise=none", "seed=0,1"], losses=["ce", "Drainage"]))
     assert data.rows == ["CE", "Drainage"] and [c.tag for c in data.columns] == ["clean"]

@@ -491,8 +491,10 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
     dropped = [r for r in selection.row_order if not applies.get(r, True)]
     rows = [r for r in selection.row_order if r not in dropped]
     if not rows:
-        raise UserError(f"metric {metric.name} does not apply to any selected trial: it exists for "
-                        f"{metric.applies} only; choose another --metric or other trials")
+        where = ("the selected records predate it (an older version wrote them)" if metric.applies == "every trial"
+                 else f"it exists for {metric.applies} only")
+        raise UserError(f"metric {metric.name} does not apply to any selected trial: {where}; "
+                        "choose another --metric or other trials")
     cells = cells.loc[rows]
     cells["rank"] = _ranks(cells, metric.higher_is_better, scale(metric))
     counts = Counter(cells.loc[cells["n"] > 0, "n"])

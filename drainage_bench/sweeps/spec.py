@@ -89,7 +89,9 @@ class SweepSpec:
         """Every TrialConfig of the sweep, in table order: loss, then noise, then split, then seed."""
         configs = []
         grid = {**dict.fromkeys(("noise", "noise_rate", "noise_key", "noise_file"), "the spec's [[noise]] (or --noise)"),
-                "seed": "the spec's seeds", "openset": "the spec's openset", "label": "the spec's [[losses]] label"}
+                "seed": "the spec's seeds", "label": "the spec's [[losses]] label"}
+        if self.openset != ("",):  # without an openset list, `set = { openset = ... }` chooses the split
+            grid["openset"] = "the spec's openset"
         for entry in self.losses:
             refuse_chosen({**self.overrides, **entry.set, **(extra or {})}, grid)
             for noise in self.noise:
@@ -113,9 +115,11 @@ class SweepSpec:
         seen: set[str] = set()
         for config in configs:  # a loss, rate or seed listed twice would run (and count) as one trial
             if config.trial_id in seen:
+                split = f", open-set split {config.openset}" if config.openset else ""
                 raise UserError(f"spec {self.name!r}: the trial {config.trial_id} comes twice from the grid "
-                                f"(loss {config.label or config.loss}, noise {config.noise_tag}, seed {config.seed}): "
-                                "list each loss, noise rate and seed once (a loss twice needs other settings)")
+                                f"(loss {config.label or config.loss}, noise {config.noise_tag}{split}, seed "
+                                f"{config.seed}): list each loss, noise rate, split and seed once (a loss twice "
+                                "needs other settings)")
             seen.add(config.trial_id)
         return configs
 
@@ -205,6 +209,8 @@ def _splits(value: Any, source: str) -> tuple[str, ...]:
     if not (isinstance(items, list) and items and all(isinstance(v, str) for v in items)):
         raise _fail(source, f"'openset' must be a split or a non-empty list of splits "
                             f"(e.g. [\"standard:0\", \"standard:1\"]), got {value!r}")
+    if len(set(items)) != len(items):
+        raise _fail(source, f"'openset' lists a split twice: {items!r}")
     return tuple(items)
 
 

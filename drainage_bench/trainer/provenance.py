@@ -32,7 +32,7 @@ def threads_for(cpus_per_trial: float) -> int:
     """torch threads of a trial: its whole CPUs, at least one (0.5 CPU runs on one thread). A share
     that is not > 0 is refused here, for every entry point (train, sweep, tune)."""
     if not 0 < cpus_per_trial < math.inf:
-        raise UserError(f"--cpus-per-trial={cpus_per_trial:g} must be a number > 0")
+        raise UserError(f"--cpus-per-trial={cpus_per_trial:g} must be a finite number > 0")
     return max(1, int(cpus_per_trial))
 
 
