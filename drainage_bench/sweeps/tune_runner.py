@@ -107,7 +107,7 @@ def start_ray(address: str | None, resources: Resources | None = None) -> None:
     """Join the cluster at `address`, or start a Ray instance of our own on this machine (once per
     process). Without an address Ray would join the cluster named in /tmp/ray/ray_current_cluster,
     and wait forever if that one has died; ``--address auto`` joins a running one on purpose.
-    With `resources`, refuses a trial share no node can hold (`check_fits`)."""
+    With `resources`, checks that some node can hold a trial's share (`check_fits`)."""
     import ray
 
     if ray.is_initialized():
