@@ -248,17 +248,21 @@ def _resources(defaults: dict, cpus: float | None, gpus: float | None, max_concu
     return res
 
 
-def _require_dataset(dataset: str, data_root: str | None, address: str | None) -> None:
+def _require_dataset(dataset: str, data_root: str | None, address: str | None, download: bool = False) -> None:
     """On this machine (no cluster), the dataset must load before Ray starts: a missing or damaged
-    file stops here, not in every trial."""
+    file stops here, not in every trial. With `download`, what is missing is fetched first (here,
+    also for a cluster whose nodes share the data root); the dataset is loaded once either way."""
     from drainage_bench.trainer.data import dataset_status, load_dataset, resolve_data_root
 
+    root = resolve_data_root(data_root)
+    if download:
+        load_dataset(dataset, root, download=True)
     if address:
         return
-    found, detail = dataset_status(dataset, resolve_data_root(data_root))
+    found, detail = dataset_status(dataset, root)
     if not found:
         raise UserError(f"dataset {dataset!r} is not available: {detail}")
-    load_dataset(dataset, resolve_data_root(data_root))
+    load_dataset(dataset, root, download)
 
 
 def _require_weights(configs: list) -> None:
@@ -323,7 +327,7 @@ def sweep(
     from drainage_bench.config import parse_set
     from drainage_bench.sweeps.expected import record_expected
     from drainage_bench.sweeps.spec import load_spec
-    from drainage_bench.sweeps.tune_runner import Progress, plan, run_trials, start_ray
+    from drainage_bench.sweeps.tune_runner import Progress, check_fits, plan, run_trials, start_ray
 
     from drainage_bench.sweeps.spec import with_noise
     from drainage_bench.trainer.noise import check_label_files
@@ -344,18 +348,17 @@ def sweep(
         console.print(table)
         return
     _writable(store.path)
-    if todo.todo and download:
-        _load(spec.dataset, data_root, download=True)
     if todo.todo:
-        _require_dataset(spec.dataset, data_root, address)
+        _require_dataset(spec.dataset, data_root, address, download)
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
             check_label_files(todo.todo)  # one label per training sample, before Ray starts
             _require_weights(todo.todo)
         _require_corruptions(todo.todo, data_root, address)
         for other in sorted({c.openset[3:] for c in todo.todo if c.openset.startswith("vs:")}):
             _require_dataset(other, data_root, address)  # cross-dataset open-set unknowns
-    if todo.todo:
-        start_ray(address, res)  # before anything is written: refuses a trial share no node can hold
+    if todo.todo:  # before anything is written: a trial share no node can hold is refused
+        start_ray(address)
+        check_fits(res, address)
     record_expected(store, spec, configs)  # what `table` and `status` read as the sweep's trial list
     progress = Progress(plan=todo, store=store, metric=spec.metric, emit=lambda m: console.print(m, highlight=False))
     start = time.monotonic()
@@ -535,10 +538,11 @@ def tune(
 
     check_label_files([s.base for s in plan.searches])  # file noise: one label per training sample
     _require_weights([s.base for s in plan.searches])
-    if res is not None:  # before the study is written: refuses a trial share no node can hold
-        from drainage_bench.sweeps.tune_runner import start_ray
+    if res is not None:  # before the study is written: a trial share no node can hold is refused
+        from drainage_bench.sweeps.tune_runner import check_fits, start_ray
 
-        start_ray(address, res)
+        start_ray(address)
+        check_fits(res, address)
     console.print(f"storage {url}", highlight=False)
     for search in plan.searches:
         tally = run_search(search, url, resources=res, address=address,

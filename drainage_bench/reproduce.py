@@ -18,14 +18,15 @@ from typing import Any
 
 from drainage_bench.config import FIELDS, TrialConfig
 from drainage_bench.errors import UserError, did_you_mean
+from drainage_bench.trainer.provenance import LIBRARIES
 
 # Per-epoch columns that are timings, not results.
 TIMINGS = ("train_seconds", "epoch_seconds")
 # Run conditions besides the thread count, the device and the precision (which `reproduce` sets as
 # recorded) that the numbers follow: where this machine's differ from the record's, a difference
 # may come from them, so they are reported (they do not make the comparison fail by themselves).
-CONDITIONS = ("torch_version", "cpu_capability", "numpy_version", "scipy_version", "sklearn_version",
-              "torchvision_version", "torch_cuda", "cudnn_version", "gpu_name", "compile_status")
+CONDITIONS = ("torch_version", "cpu_capability", "numpy_version", *LIBRARIES, "torch_cuda", "cudnn_version",
+              "gpu_name", "compile_status")
 # The per-sample (per-cell) records of a trial, stored beside its record (ResultsStore.write_trial).
 PARTS = ("samples", "openset", "corruptions")
 
@@ -84,9 +85,7 @@ def recorded_precision(record: dict[str, Any], device: str):
     from drainage_bench.trainer.loop import Precision
 
     ran = _plain(record.get("precision"))
-    if ran not in ("bf16", "fp32"):
-        return None
-    return Precision(autocast=ran == "bf16", channels_last=ran == "bf16" or device == "cuda")
+    return Precision.on(device, ran == "bf16") if ran in ("bf16", "fp32") else None
 
 
 @dataclass

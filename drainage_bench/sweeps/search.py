@@ -678,7 +678,7 @@ def run_search(search: Search, storage: str, *, resources=None, address: str | N
 
         from drainage_bench.sweeps.tune_runner import start_ray
 
-        start_ray(address, resources)
+        start_ray(address)
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         handle = ray.remote(StudyOwner).options(num_cpus=0, scheduling_strategy=here).remote(search, url, driver)
         owner = _RemoteOwner(handle)

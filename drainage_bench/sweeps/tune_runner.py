@@ -103,16 +103,13 @@ def check_resources(res: Resources, address: str | None, gpu_explicit: bool,
     return res
 
 
-def start_ray(address: str | None, resources: Resources | None = None) -> None:
+def start_ray(address: str | None) -> None:
     """Join the cluster at `address`, or start a Ray instance of our own on this machine (once per
     process). Without an address Ray would join the cluster named in /tmp/ray/ray_current_cluster,
-    and wait forever if that one has died; ``--address auto`` joins a running one on purpose.
-    With `resources`, checks that some node can hold a trial's share (`check_fits`)."""
+    and wait forever if that one has died; ``--address auto`` joins a running one on purpose."""
     import ray
 
     if ray.is_initialized():
-        if resources is not None:
-            check_fits(resources, address)
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
@@ -123,15 +120,13 @@ def start_ray(address: str | None, resources: Resources | None = None) -> None:
         raise UserError(f"could not join the Ray cluster at {address} ({err}): check --address or RAY_ADDRESS; "
                         "a cluster with token authentication (Ray >= 2.59 starts local ones with it) also needs "
                         "RAY_AUTH_MODE=token and its token (`ray get-auth-token`) here") from None
-    if resources is not None:
-        check_fits(resources, address)
 
 
 def check_fits(res: Resources, address: str | None = None) -> None:
-    """A trial needs its whole CPU and GPU share on one node: a share larger than every node has
-    would wait forever (Tune keeps it pending, printing nothing). On the Ray instance of our own
-    (no `address`) that is refused in one line; on a cluster, whose autoscaler may still add such
-    a node, it is a warning."""
+    """After `start_ray`: a trial needs its whole CPU and GPU share on one node, and a share
+    larger than every node has would wait forever (Tune keeps it pending, printing nothing). On
+    our own Ray instance (no `address`) that is refused in one line; on a cluster, whose
+    autoscaler may still add such a node, it is a warning."""
     import ray
 
     nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]

@@ -305,14 +305,19 @@ class Precision:
     channels_last: bool
 
     @classmethod
+    def on(cls, device_type: str, autocast: bool) -> "Precision":
+        """channels_last goes with the device: always on CUDA, on a CPU only with bf16."""
+        return cls(autocast=autocast, channels_last=device_type == "cuda" or autocast)
+
+    @classmethod
     def for_device(cls, device: torch.device, config: TrialConfig) -> "Precision":
         if device.type == "cuda":
-            return cls(autocast=config.amp is not False, channels_last=True)
+            return cls.on("cuda", config.amp is not False)
         bf16 = config.amp is True and cpu_has_bf16()
         if config.amp is True and not bf16:
             print(f"trial {config.trial_id}: amp=true, but this CPU has no bf16 instructions "
                   "(avx512_bf16 / amx_bf16); training in fp32", file=sys.stderr, flush=True)
-        return cls(autocast=bf16, channels_last=bf16)
+        return cls.on("cpu", bf16)
 
 
 def cpu_has_bf16() -> bool:
