@@ -108,9 +108,9 @@ def parse_noise(text: str) -> tuple[str, float, str | None]:
         raise UserError(f"cannot read noise {text!r}; {VALID_FORMS}")
     try:
         validate_noise(parsed[0], parsed[1], key=parsed[2])
-    except UserError as err:
-        # an error that lists its own valid values (the human label keys) is not followed by the forms
-        raise UserError(f"noise {text!r}: {err}" + ("" if "valid:" in str(err) else f"; {VALID_FORMS}")) from None
+    except UserError as err:  # the form is right; a human key's error lists the keys, a rate's needs the forms
+        forms = "" if parsed[0] == "human" else f"; {VALID_FORMS}"
+        raise UserError(f"noise {text!r}: {err}{forms}") from None
     return parsed
 
 
