@@ -248,6 +248,26 @@ def test_open_set_figures_from_the_stored_scores(tmp_path: Path) -> None:
     assert any(n.startswith("openset_relabel: not drawn") for n in notes)
 
 
+def test_a_trial_with_a_score_that_is_not_finite_is_left_out_of_the_roc_curves(tmp_path: Path) -> None:
+    # sklearn's roc_curve raises on infinity (the whole plot failed); its metrics are NaN (metrics.openset)
+    from results_helpers import record
+
+    from drainage_bench.analysis import openset_plots as P
+    from drainage_bench.analysis.tables import load_selection
+
+    store = ResultsStore(tmp_path, "os")
+    broken = _scores([0.1, 0.2], [0.3, 0.4], False)
+    broken["score_maxlogit"] = np.array([0.1, np.inf, 0.3, 0.4])
+    for seed, scores in ((0, _scores([0.1, 0.2], [0.3, 0.4], False)), (1, broken)):
+        store.write_trial(record("ce", "CE", "none", 0.0, seed, 0.9, sweep="os", openset="standard:0"), [], None,
+                          openset=scores)
+    fig = P.roc_curves(load_selection(tmp_path, ["os"]))
+    legends = {ax.get_title(): [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes
+               if ax.get_legend()}
+    assert legends["score: max logit"] == ["CE: AUROC 100.00 (n = 1)"]  # seed 1 left out
+    assert legends["score: MSP"] == ["CE: AUROC 100.00 (n = 2)"]
+
+
 def test_mnist_vs_fashion_mnist_tests_on_both_test_sets(data_root: Path) -> None:
     from conftest import require_file
 
@@ -313,12 +333,18 @@ def test_split_numbers_are_plain_ascii_integers(spec: str) -> None:
 
 
 @pytest.mark.slow
-def test_corruptions_of_an_open_set_trial_are_of_its_known_classes() -> None:
+def test_corruptions_of_an_open_set_trial_are_of_its_known_classes(monkeypatch) -> None:
     # digits' test set has 540 images; the 6 known classes 0..5 hold (test < 6).sum() of them
+    from drainage_bench.trainer import corruptions as C
+
+    given, cells = [], C.cells
+    monkeypatch.setattr(C, "cells", lambda config, images, labels, *rest: (given.append(labels.clone()),
+                                                                          cells(config, images, labels, *rest))[1])
     config = build_config("digits", "ce", {"openset": SIX, "epochs": 1, "corruptions": "synthetic"})
     result = run_trial(config)
     assert result.status == "ok", result.error
     n_known = int((load_dataset("digits", Path(".")).test_labels < 6).sum())
+    assert len(given) == 1 and len(given[0]) == n_known and int(given[0].max()) == 5  # the known classes only
     assert 0 < n_known < 540 and len(result.corruptions) == 11 * 5
     assert all(0 <= row["error"] <= 1 for row in result.corruptions)
     with pytest.raises(UserError, match="the released files label every class"):

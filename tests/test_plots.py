@@ -11,7 +11,7 @@ from drainage_bench.analysis import plots as P
 from drainage_bench.analysis import tables as T
 from drainage_bench.cli import app
 from drainage_bench.errors import UserError
-from results_helpers import HAND_ROWS, HAND_SWEEP, REAL_SWEEP, real_store, write_rows
+from results_helpers import HAND_ROWS, HAND_SWEEP, REAL_SWEEP, real_store, record, write_rows
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,7 @@ def legend_texts(fig) -> list[str]:
 
 
 def test_accuracy_vs_noise_lines_carry_the_hand_computed_means(hand):
-    fig = P.accuracy_vs_noise(hand)
+    fig = P.accuracy_vs_noise(T.aggregate(hand))
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 1 and axes[0].get_title() == "Asymmetric noise"
     lines = {line.get_label(): line for line in axes[0].get_lines()}
@@ -45,8 +45,18 @@ def test_accuracy_vs_noise_lines_carry_the_hand_computed_means(hand):
     assert "noise rate (%)" == axes[0].get_xlabel() and "(%)" in axes[0].get_ylabel()
 
 
+def test_a_metric_that_is_not_a_fraction_is_drawn_in_its_own_units(tmp_path):
+    # NLL was drawn times 100 under a "(%)" label; by hand: clean 0.30, 0.50 -> 0.40; asym0.4 0.9 -> 0.90
+    rows = [record("ce", "CE", "none", 0.0, s, 0.9, final_test_nll=v) for s, v in ((0, 0.3), (1, 0.5))]
+    rows.append(record("ce", "CE", "asym", 0.4, 0, 0.6, final_test_nll=0.9))
+    fig = P.accuracy_vs_noise(T.aggregate(T.load_selection(write_rows(tmp_path, rows)), "final_test_nll"))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [0.4, 0.9])
+    assert ax.get_ylabel() == "final test NLL"
+
+
 def test_files_are_png_and_pdf(hand, tmp_path):
-    paths = P.write_figure(P.accuracy_vs_noise(hand), tmp_path / "figs", "acc")
+    paths = P.write_figure(P.accuracy_vs_noise(T.aggregate(hand)), tmp_path / "figs", "acc")
     assert [p.name for p in paths] == ["acc.png", "acc.pdf"]
     assert paths[0].read_bytes()[:8] == PNG_MAGIC and paths[1].read_bytes()[:5] == b"%PDF-"
 

@@ -71,8 +71,11 @@ def roc_curves(selection: Selection, scores: pd.DataFrame | None = None) -> Figu
     fig, axes = _grid(len(names), 3, (4.2, 3.9))
     for ax, name in zip(axes.flat, names):
         column = f"score_{name}"
+        # a trial's curve only where all its scores are finite (as its metrics: metrics.openset)
+        partial = scores.loc[~np.isfinite(scores[column].to_numpy(float)), "trial_id"].unique()
+        usable = ~scores["trial_id"].isin(partial)
         for row in rows:
-            part = scores[(scores["row"] == row) & scores[column].notna()]
+            part = scores[(scores["row"] == row) & usable]
             if part.empty:
                 continue
             mean, std, areas = _mean_roc(part, column)

@@ -13,8 +13,9 @@
   end of training for clean vs mislabeled training samples (pooled over seeds, each group
   normalised to 100%).
 
-Every function takes a `tables.Selection` and returns a matplotlib Figure (or None when the
-selection has nothing to draw); `write_figure` saves it.
+Every function takes a `tables.Selection` (the accuracy and critical-difference figures: the
+table `tables.aggregate` made of it) and returns a matplotlib Figure (or None when there is
+nothing to draw); `write_figure` saves it.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from drainage_bench.analysis.tables import Column, Selection, aggregate  # noqa: E402
-from drainage_bench.catalog import RATED_TYPES, Metric, get_metric  # noqa: E402
+from drainage_bench.analysis.tables import Column, Selection, TableData, aggregate, scale  # noqa: E402
+from drainage_bench.catalog import RATED_TYPES, get_metric  # noqa: E402
 from drainage_bench.errors import UserError, did_you_mean  # noqa: E402
 
 CURVES = (  # epoch column, legend label, line style
@@ -69,9 +70,10 @@ def _grid(n: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.nda
 # Accuracy against noise rate
 
 
-def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) -> Figure | None:
-    """One panel per (dataset, rated noise type); x: noise rate (%), y: the metric (%)."""
-    data = aggregate(selection, metric)
+def accuracy_vs_noise(data: TableData) -> Figure | None:
+    """One panel per (dataset, rated noise type) of a table (`aggregate`); x: noise rate (%),
+    y: the metric (in percent where it is a fraction, as the table shows it)."""
+    factor = scale(data.metric)
     panels = list(dict.fromkeys((c.dataset, c.noise) for c in data.columns if c.noise in RATED_TYPES))
     if not panels:
         return None
@@ -82,7 +84,7 @@ def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) 
         cols = [c for c in data.columns if c.dataset == dataset and (c.noise == noise or c.noise == "none")]
         cols.sort(key=lambda c: c.rate)
         for row in data.rows:
-            x, mean, std = _series(data.cells, row, cols)
+            x, mean, std = _series(data.cells, row, cols, factor)
             if not len(x):
                 continue
             ax.plot(x, mean, marker="o", ms=4, color=colors[row], label=row)
@@ -91,7 +93,7 @@ def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) 
         ax.set_title(f"{dataset}: {Column(dataset, noise, 0.0, None).group.lower()} noise" if several
                      else f"{Column(dataset, noise, 0.0, None).group} noise")
         ax.set_xlabel("noise rate (%)")
-        ax.set_ylabel(f"{data.metric.title} (%)")
+        ax.set_ylabel(data.metric.title + (" (%)" if data.metric.percent else ""))
         ax.set_xticks([100 * c.rate for c in cols])
         ax.grid(alpha=0.3)
     _legend(fig, axes.flat, title="loss")
@@ -100,12 +102,13 @@ def accuracy_vs_noise(selection: Selection, metric: str | Metric | None = None) 
     return fig
 
 
-def _series(cells: pd.DataFrame, row: str, cols: list[Column]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (rate %), mean (%), std (%) of the cells of one row that have a value."""
+def _series(cells: pd.DataFrame, row: str, cols: list[Column],
+            factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (rate %), mean and std (times `factor`) of the cells of one row that have a value."""
     points = [(100 * c.rate, cells.loc[(row, c.id)]) for c in cols if cells.loc[(row, c.id), "n"] > 0]
     x = np.array([p for p, _ in points], dtype=float)
-    mean = np.array([100 * cell["mean"] for _, cell in points], dtype=float)
-    std = np.array([100 * cell["std"] for _, cell in points], dtype=float)
+    mean = np.array([factor * cell["mean"] for _, cell in points], dtype=float)
+    std = np.array([factor * cell["std"] for _, cell in points], dtype=float)
     return x, mean, std
 
 
@@ -298,13 +301,13 @@ def corruption_severity(selection: Selection) -> Figure | None:
 # Writing
 
 
-def critical_difference_figure(selection: Selection, metric: Metric) -> Figure | None:
-    """Demšar's critical-difference diagram of the table's mean ranks (see cd_diagram, stats)."""
+def critical_difference_figure(data: TableData) -> Figure | None:
+    """Demšar's critical-difference diagram of a table's mean ranks (see cd_diagram, stats)."""
     from drainage_bench.analysis.cd_diagram import cd_diagram
     from drainage_bench.analysis.tables import add_ranks
 
-    summary = add_ranks(aggregate(selection, metric)).ranks
-    title = (f"{metric.title}: mean rank over {summary.n} columns, Friedman p = {summary.pvalue:.3g}, "
+    summary = add_ranks(data).ranks
+    title = (f"{data.metric.title}: mean rank over {summary.n} columns, Friedman p = {summary.pvalue:.3g}, "
              f"Nemenyi CD (alpha = {summary.alpha:g})")
     return cd_diagram(summary, title)
 
@@ -336,14 +339,14 @@ def figure_plan(selection: Selection, metric: str | None = None,
     """stem -> (a function that draws the figure or returns None, why it may be missing), for
     every figure `make_figures` writes. Bad options fail here, before anything is drawn."""
     metric_ = get_metric(metric or selection.metric)
-    aggregate(selection, metric_)  # a metric no selected trial has fails here, before any figure is written
+    table = aggregate(selection, metric_)  # a metric no selected trial has fails here, before any figure
     column = pick_setting(selection, setting)
     plan = {
-        f"{metric_.name}_vs_noise": (lambda: accuracy_vs_noise(selection, metric_), "no noise type with rates"),
+        f"{metric_.name}_vs_noise": (lambda: accuracy_vs_noise(table), "no noise type with rates"),
         f"learning_curves_{column.tag}": (lambda: learning_curves(selection, column.id), "no per-epoch records"),
         "drainage_probability": (lambda: drainage_histograms(selection, setting),
                                  "no drainage run with per-sample records under noise"),
-        f"critical_difference_{metric_.name}": (lambda: critical_difference_figure(selection, metric_),
+        f"critical_difference_{metric_.name}": (lambda: critical_difference_figure(table),
                                                  "fewer than 3 losses or 2 columns with a value for every loss"),
         "corruption_severity": (lambda: corruption_severity(selection), "no trial evaluated corruptions"),
     }

@@ -113,7 +113,6 @@ class Selection:
     expected: pd.DataFrame | None         # trial_id, row, column, seed of every expected trial
     row_order: list[str]
     columns: dict[str, Column]            # Column.id -> Column, in table order
-    notes: list[str] = field(default_factory=list)
     metric: str = "final_test_acc"        # the default metric (the first spec's)
 
     @property
@@ -505,7 +504,7 @@ def aggregate(selection: Selection, metric: str | Metric | None = None) -> Table
         realized={c: float(realized.get(c, np.nan)) for c in selection.columns}, sweeps=list(selection.sweeps),
         n_ref=n_ref, failures=_failures(trials), missing_total=int(cells["n_missing"].sum()),
         expected_known=exp is not None and set(selection.sweeps) <= set(exp["sweep"]),
-        failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=list(selection.notes),
+        failed_total=int((trials["status"] != "ok").sum()), dropped_rows=dropped, notes=[],
         replicates="runs (open-set splits × seeds)" if trials["openset"].nunique() > 1 else "seeds")
 
 
