@@ -145,7 +145,7 @@ def train(
     from drainage_bench.trainer.provenance import threads_for
 
     threads_for(cpus_per_trial)  # a share <= 0 stops here, before anything runs
-    _writable(results / name)
+    _writable(results / name, "--results", results)
     overrides = {**noise_fields(noise), "seed": seed, **parse_set(set_)}
     if epochs is not None:
         overrides["epochs"] = epochs
@@ -347,7 +347,7 @@ def sweep(
             table.add_row(c.trial_id, c.label or c.loss, c.noise_tag, str(c.seed), state)
         console.print(table)
         return
-    _writable(store.path)
+    _writable(store.path, "--results", results)
     if todo.todo:
         _require_dataset(spec.dataset, data_root, address, download)
         if not address:  # on a cluster the data may live on the workers only: each trial checks its file
@@ -527,6 +527,8 @@ def tune(
     plan = plan_tune(target, loss, noise, overrides=overrides, space=space, trials=trials, objective=objective,
                      pruner=pruner, seed=seed, val_labels=val_labels, heartbeat=heartbeat)
     url = _storage_url(storage, results)
+    if storage is None:  # the default study file lives in the results folder
+        _writable(results)
     res = None if in_process else _resources(plan.resources, cpus_per_trial, gpus_per_trial, max_concurrent,
                                              address, [s.base for s in plan.searches])
     if in_process:  # trials in this process follow the thread policy of Ray's trials
