@@ -28,10 +28,16 @@ def require_file(path: Path) -> Path:
     return path
 
 
-def assert_user_error(out, needle: str, results: Path) -> None:
+def tree(root: Path) -> dict:
+    """Every path under `root` with its bytes (folders: None): a snapshot to compare."""
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+def assert_user_error(out, needle: str, results: Path, before: dict | None = None) -> None:
     """A CLI run stopped by bad input: exit 2, one line naming `needle`, no traceback, nothing
-    written under `results`."""
+    written under `results`: it does not exist, or (given `before`, its `tree` before the run)
+    it is as it was."""
     assert out.returncode == 2, out.stderr
     assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert not results.exists()
+    assert (tree(results) == before) if before is not None else not results.exists()

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import assert_user_error, tree
+
 CLI = [sys.executable, "-m", "drainage_bench.cli"]
 
 
@@ -47,8 +49,6 @@ def test_sweeps_lists_the_shipped_specs_with_trial_counts() -> None:
 
 
 def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: Path) -> None:
-    from conftest import assert_user_error
-
     for args in (["train", "--dataset", "digits", "--loss", "ce", "--cpus-per-trial", "0"],
                  ["sweep", "quickstart", "--cpus-per-trial", "0"],
                  ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.4", "--cpus-per-trial", "-1"]):
@@ -59,8 +59,6 @@ def test_a_cpu_share_of_zero_is_refused_by_train_sweep_and_tune_alike(tmp_path: 
 
 
 def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
-    from conftest import assert_user_error
-
     for args, needle in ((["train", "--epochs", "abc"], "Invalid value for '--epochs'"),
                          (["train", "--bogus"], "No such option: --bogus"),
                          (["sweep", "quickstart", "--max-concurrent", "x"], "Invalid value for '--max-concurrent'"),
@@ -75,8 +73,6 @@ def test_a_usage_error_is_one_line_with_exit_2(tmp_path: Path) -> None:
 
 def test_the_error_line_shows_the_message_as_written(tmp_path: Path) -> None:
     # Brackets and colons are text, not rich markup or emoji codes (":-1:" once became a thumb).
-    from conftest import assert_user_error
-
     spec = tmp_path / "spec.toml"
     spec.write_text('dataset = "digits"\n[[noise]]\ntype = "none"\n[[losses]]\nlabel = "CE"\n')
     out = run("sweep", str(spec), "--results", str(tmp_path / "res"), cwd=tmp_path)
@@ -84,10 +80,6 @@ def test_the_error_line_shows_the_message_as_written(tmp_path: Path) -> None:
     out = run("tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--space", "alpha=loguniform:-1:2",
               "--results", str(tmp_path / "res"), cwd=tmp_path)
     assert_user_error(out, "'loguniform:-1:2' is not a distribution", tmp_path / "res")
-
-
-def _tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
 
 
 def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_path: Path) -> None:
@@ -101,8 +93,7 @@ def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_
     for args in (["train", "--set", "epochs=1"], ["sweep", str(spec)],
                  ["tune", "digits", "--loss", "drainage", "--noise", "asym:0.2", "--trials", "1", "--in-process"]):
         out = run(*args, "--results", str(blocked), cwd=tmp_path)
-        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1 and str(blocked) in out.stderr, out.stderr
+        assert_user_error(out, f"--results {blocked} is a file, not a folder", tmp_path / "none")
         assert "epoch" not in out.stdout, out.stdout  # nothing trained
         assert blocked.read_text() == "not a folder"
 
@@ -110,20 +101,18 @@ def test_a_results_folder_that_cannot_be_written_stops_before_anything_runs(tmp_
 
     root = write_rows(tmp_path / "store", HAND_ROWS)
     ResultsStore(root, HAND_SWEEP).refresh_indexes()  # reading builds the index (a cache) otherwise
-    before = _tree(root)
+    before = tree(root)
     for args, needle in ((["plot", HAND_SWEEP, "--out", str(blocked)], "is a file, not a folder"),
                          (["table", HAND_SWEEP, "--output", str(root / HAND_SWEEP)], "is a folder; name a file"),
                          (["table", HAND_SWEEP, "--output", str(blocked / "t.csv")],
                           f"--output {blocked / 't.csv'}: {blocked} is a file, not a folder")):
         out = run(*args, "--results", str(root), cwd=tmp_path)
-        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert _tree(root) == before
+        assert_user_error(out, needle, root, before)
 
 
 def test_a_damaged_data_file_stops_sweep_and_tune_before_any_trial(tmp_path: Path, data_root: Path) -> None:
     # The files are all there, one is cut short: each trial failed on it (a sweep of failed records).
-    from conftest import assert_user_error, require_file
+    from conftest import require_file
 
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -154,39 +143,34 @@ def test_a_damaged_or_foreign_file_in_the_store_is_one_line_naming_it(tmp_path: 
             pq.write_table(pa.table({"x": [1, 2]}), bad)  # a parquet file from elsewhere
         else:
             bad.write_bytes(content)
-        before = _tree(root)
+        before = tree(root)
         for args in (["table", HAND_SWEEP], ["plot", HAND_SWEEP], ["reproduce", HAND_SWEEP, bad.stem]):
             out = run(*args, "--results", str(root), cwd=tmp_path)
-            assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
-            assert len(out.stderr.strip().splitlines()) == 1 and str(trials) in out.stderr, out.stderr
-            assert _tree(root) == before
+            assert_user_error(out, needle, root, before)
+            assert str(trials) in out.stderr, out.stderr
         bad.unlink()
 
 
 def test_a_metric_no_trial_has_stops_plot_before_any_figure(tmp_path: Path) -> None:
     # plot wrote the learning curves first, then stopped; the line named the drainage shares for any metric.
-    from results_helpers import HAND_ROWS, HAND_SWEEP, write_rows
+    from results_helpers import HAND_ROWS, HAND_SWEEP
 
     from drainage_bench.analysis.store import ResultsStore
 
-    root = write_rows(tmp_path / "store", HAND_ROWS)
+    root = tmp_path / "store"
     store = ResultsStore(root, HAND_SWEEP)
-    for row in HAND_ROWS:  # per-epoch records: the learning curves have something to draw
-        store.write_trial(row, [{"epoch": 1, "train_loss": 1.0, "test_acc": row["final_test_acc"]}])
+    for row in HAND_ROWS:  # with per-epoch records: the learning curves have something to draw
+        store.write_trial({**row, "sweep": HAND_SWEEP}, [{"epoch": 1, "train_loss": 1.0, "test_acc": row["final_test_acc"]}])
     store.refresh_indexes()
-    before = _tree(root)
+    before = tree(root)
     for command in ("plot", "table"):
         out = run(command, HAND_SWEEP, "--metric", "best_val_acc", "--results", str(root), cwd=tmp_path)
-        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-        assert "best_val_acc does not apply to any selected trial: it exists for trials with a validation split" \
-            in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert _tree(root) == before
+        assert_user_error(out, "best_val_acc does not apply to any selected trial: it exists for trials with a "
+                               "validation split", root, before)
 
 
 def test_a_setting_the_command_would_drop_is_refused(tmp_path: Path) -> None:
     # --set dataset=mnist trained digits; a sweep's --set seed=5 ran the spec's seeds; tune's --set seed its --seed.
-    from conftest import assert_user_error
-
     spec = tmp_path / "one.toml"
     spec.write_text('dataset = "digits"\nset = { dataset = "mnist" }\n[[noise]]\ntype = "none"\n[[losses]]\nname = "ce"\n')
     for args, needle in ((["train", "--set", "dataset=mnist"], "setting dataset='mnist' would be ignored"),
@@ -199,21 +183,3 @@ def test_a_setting_the_command_would_drop_is_refused(tmp_path: Path) -> None:
         out = run(*args, "--results", str(tmp_path / "res"), cwd=tmp_path)
         assert_user_error(out, needle, tmp_path / "res")
 
-
-def test_a_setting_the_grid_does_not_choose_is_applied() -> None:
-    # Without an `openset` list the grid has no split: a spec's set (or --set) chooses it, as before.
-    import pytest
-
-    from drainage_bench.errors import UserError
-    from drainage_bench.sweeps.spec import parse_spec
-
-    raw = {"dataset": "mnist", "losses": [{"name": "ce"}, {"name": "drainage"}],
-           "noise": [{"type": "none"}], "set": {"openset": "standard:0"}}
-    configs = parse_spec(raw, "x").expand()
-    assert [c.openset for c in configs] == ["standard:0", "standard:0"]
-    assert [c.openset for c in parse_spec({**raw, "set": {}}, "x").expand({"openset": "standard:1"})] == \
-        ["standard:1", "standard:1"]
-    with pytest.raises(UserError, match="the openset comes from the spec's openset"):
-        parse_spec({**raw, "openset": ["standard:0", "standard:1"]}, "x").expand()
-    with pytest.raises(UserError, match=r"'openset' lists a split twice: \['standard:0', 'standard:0'\]"):
-        parse_spec({**raw, "set": {}, "openset": ["standard:0", "standard:0"]}, "x")

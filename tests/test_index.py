@@ -206,10 +206,8 @@ def test_table_status_and_plot_import_no_torch_ray_or_optuna(tmp_path: Path) -> 
     assert meta["rows"] == ["CE", "Drainage"] and meta["metric"] == "final_test_acc"
 
 
-def test_per_sample_files_are_read_in_one_pass_each_row_tagged_with_its_trial(tmp_path: Path) -> None:
+def test_per_sample_files_are_read_each_row_tagged_with_its_trial(tmp_path: Path) -> None:
     import pyarrow as pa
-
-    from drainage_bench.analysis import index
 
     pq.write_table(pa.table({"p": [0.1, 0.2, 0.3]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"p": pa.array([], pa.float64())}), tmp_path / "b.parquet")
@@ -218,5 +216,4 @@ def test_per_sample_files_are_read_in_one_pass_each_row_tagged_with_its_trial(tm
     assert table["trial_id"].astype(str).tolist() == ["c", "c", "a", "a", "a"]  # the order asked for
     assert table["p"].tolist() == [0.9, 0.8, 0.1, 0.2, 0.3]
     assert table["extra"].tolist()[:2] == [True, False] and table["extra"].isna().tolist()[2:] == [True] * 3
-    store_rows = ResultsStore(tmp_path, "none").samples()  # no samples folder: nothing, no error
-    assert store_rows.empty
+    assert ResultsStore(tmp_path, "none").samples().empty  # a sweep without a samples folder: no rows, no error

@@ -417,8 +417,7 @@ def test_real_noise_specs_have_the_paper_losses_times_3_seeds() -> None:
 
 
 def test_new_fields_at_their_defaults_keep_old_trial_ids() -> None:
-    config = build_config("digits", "ce")
-    assert config.trial_id == "ce-clean-s0-73113bba8e"  # what version 0.1 gave this config
+    config = build_config("digits", "ce")  # its 0.1 trial_id is pinned in test_speed_options
     assert not {"nesterov", "train_crop", "balanced_subsample", "pretrained"} & set(config.canonical())
     assert config.replace(nesterov=True).trial_id != config.trial_id
     with pytest.raises(UserError, match="train_crop"):

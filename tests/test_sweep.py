@@ -229,8 +229,9 @@ def test_a_cpu_share_larger_than_the_machine_is_refused_before_anything_is_writt
     assert not list((tmp_path / "r").rglob("*.parquet"))  # not even the trial list
     out = run_cli("tune", "digits", "--loss", "gce", "--noise", "sym:0.2", "--trials", "1", "--storage",
                   str(tmp_path / "s.log"), "--results", "r", "--cpus-per-trial", "4096", cwd=tmp_path, timeout=120)
-    assert out.returncode == 2 and line.search(out.stderr.strip().splitlines()[-1]), out.stderr
-    assert not (tmp_path / "s.log").exists()  # the study was not written either
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert line.search(out.stderr.strip().splitlines()[-1]), out.stderr
+    assert not (tmp_path / "s.log").exists() and not list((tmp_path / "r").rglob("*"))  # no study, nothing else
 
 
 def test_a_worker_gets_cuda_only_with_a_gpu_share_unless_a_device_is_named() -> None:
@@ -324,6 +325,20 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_on_one_gpu(tmp_path: Path) ->
     assert len(complete) == 8
     assert _max_overlap(pd.Series([t.datetime_start for t in complete]),
                         pd.Series([t.datetime_complete for t in complete])) == 4
+
+
+def test_a_setting_the_grid_does_not_choose_is_applied() -> None:
+    # Without an `openset` list the grid has no split: a spec's set (or --set) chooses it, as before.
+    raw = {"dataset": "mnist", "losses": [{"name": "ce"}, {"name": "drainage"}],
+           "noise": [{"type": "none"}], "set": {"openset": "standard:0"}}
+    configs = parse_spec(raw, "x").expand()
+    assert [c.openset for c in configs] == ["standard:0", "standard:0"]
+    assert [c.openset for c in parse_spec({**raw, "set": {}}, "x").expand({"openset": "standard:1"})] == \
+        ["standard:1", "standard:1"]
+    with pytest.raises(UserError, match="the openset comes from the spec's openset"):
+        parse_spec({**raw, "openset": ["standard:0", "standard:1"]}, "x").expand()
+    with pytest.raises(UserError, match=r"'openset' lists a split twice: \['standard:0', 'standard:0'\]"):
+        parse_spec({**raw, "set": {}, "openset": ["standard:0", "standard:0"]}, "x")
 
 
 def test_every_shipped_spec_expands_to_valid_unique_trials() -> None:
