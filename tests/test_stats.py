@@ -178,3 +178,11 @@ def test_friedman_matches_the_rank_sum_formula_without_ties(k, n, seed):
     sums = rank_matrix(matrix).sum(axis=1)
     assert s.statistic == pytest.approx(12 / (n * k * (k + 1)) * float((sums ** 2).sum()) - 3 * n * (k + 1))
     assert s.mean_ranks.mean() == pytest.approx((k + 1) / 2)  # ranks 1..k in every column
+
+
+def test_means_equal_up_to_float_rounding_share_their_rank():
+    # mean(.90, .92, .94) is 0.9199999999999999 in floats: it ties 0.92 (rank 1.5 each of the best two)
+    matrix = pd.DataFrame({"a": [np.mean([0.90, 0.92, 0.94]), 0.92, 0.5], "b": [0.92, 0.92, 0.5]},
+                          index=["CE", "GCE", "MAE"])
+    assert matrix.loc["CE", "a"] != 0.92
+    assert rank_summary(matrix).mean_ranks.to_dict() == {"CE": 1.5, "GCE": 1.5, "MAE": 3.0}

@@ -932,8 +932,7 @@ def add_ranks(data: TableData) -> TableData:
     """The rank summary of the table's cell means (stats.rank_summary): losses ranked within
     each column, the Friedman test over the columns as blocks, the Nemenyi critical difference."""
     matrix = data.cells["mean"].unstack("column").reindex(index=data.rows, columns=[c.id for c in data.columns])
-    # means that are equal up to float rounding tie (mean(.90, .92, .94) is 0.9199999999999999)
-    data.ranks = rank_summary(matrix.round(12), data.metric.higher_is_better)
+    data.ranks = rank_summary(matrix, data.metric.higher_is_better)
     return data
 
 
