@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from drainage_bench.analysis.plots import _grid, loss_colors
+from drainage_bench.analysis.plots import _grid, loss_colors, percent_histogram
 from drainage_bench.analysis.tables import Selection
 from drainage_bench.catalog import OPENSET_SCORES
 
@@ -107,12 +107,11 @@ def score_histograms(selection: Selection, scores: pd.DataFrame | None = None, b
         part = scores[scores["row"] == row]
         name = "pd" if part["score_pd"].notna().all() else "msp"
         values = part[f"score_{name}"].to_numpy(float)
-        edges = np.linspace(values.min(), values.max(), bins + 1) if np.ptp(values) > 0 else bins
+        edges = np.histogram_bin_edges(values, bins)  # min to max; a constant score: its value ± 0.5
         for unknown, label, color in ((False, "known", "tab:blue"), (True, "unknown", "tab:red")):
             v = values[part["is_unknown"].to_numpy(bool) == unknown]
             if len(v):
-                ax.hist(v, bins=edges, weights=np.full(len(v), 100 / len(v)), color=color, alpha=0.55,
-                        histtype="stepfilled", edgecolor=color, label=f"{label} (n = {len(v)})")
+                percent_histogram(ax, v, edges, color=color, alpha=0.55, label=f"{label} (n = {len(v)})")
         ax.set_title(f"{row} ({_runs(part)})", fontsize=9)
         ax.set_xlabel(SCORE_AXIS[name])
         ax.set_ylabel("% of the group's test samples")
@@ -140,18 +139,17 @@ def relabel_histograms(selection: Selection, scores: pd.DataFrame | None = None,
     for ax, row in zip(axes.flat, rows):
         train, test = samples[samples["row"] == row], scores[scores["row"] == row]
         relabelled, unknown = train["is_relabelled"].to_numpy(bool), test["is_unknown"].to_numpy(bool)
-        groups = (
-            (train["drainage_prob"].to_numpy(float)[~relabelled], "train: known classes", "tab:blue", "stepfilled"),
+        groups = (  # values, label, colour, filled (training samples) or outlined (test samples)
+            (train["drainage_prob"].to_numpy(float)[~relabelled], "train: known classes", "tab:blue", True),
             (train["drainage_prob"].to_numpy(float)[relabelled], "train: unknown classes, relabelled", "tab:red",
-             "stepfilled"),
-            (test["score_pd"].to_numpy(float)[~unknown], "test: known classes", "navy", "step"),
-            (test["score_pd"].to_numpy(float)[unknown], "test: unknown classes", "darkred", "step"),
+             True),
+            (test["score_pd"].to_numpy(float)[~unknown], "test: known classes", "navy", False),
+            (test["score_pd"].to_numpy(float)[unknown], "test: unknown classes", "darkred", False),
         )
-        for values, label, color, style in groups:
+        for values, label, color, filled in groups:
             if len(values):
-                ax.hist(values, bins=edges, weights=np.full(len(values), 100 / len(values)), color=color,
-                        alpha=0.5 if style == "stepfilled" else 1.0, histtype=style, lw=1.6,
-                        label=f"{label} (n = {len(values)}, mean {values.mean():.2f})")
+                percent_histogram(ax, values, edges, fill=filled, color=color, alpha=0.5 if filled else 1.0, lw=1.6,
+                                  label=f"{label} (n = {len(values)}, mean {values.mean():.2f})")
         ax.set_title(f"{row} ({_runs(train)})", fontsize=9)
         ax.set_xlabel("drainage probability at the end of training")
         ax.set_ylabel("% of the group's samples")

@@ -198,6 +198,13 @@ def _setting_name(column: Column) -> str:
 # Drainage probabilities
 
 
+def percent_histogram(ax, values: np.ndarray, edges: np.ndarray, fill: bool = True, **style) -> None:
+    """The share of `values` in each bin of `edges`, in percent of all of them (the groups of a
+    panel compare whatever their sizes), drawn as stairs."""
+    counts, _ = np.histogram(values, bins=edges)
+    ax.stairs(100 * counts / len(values), edges, fill=fill, **style)
+
+
 def drainage_histograms(selection: Selection, setting: str | None = None, bins: int = 25) -> Figure | None:
     """One panel per (drainage loss, noisy setting): drainage probability of clean vs mislabeled
     training samples at the end of training, pooled over seeds."""
@@ -224,10 +231,8 @@ def drainage_histograms(selection: Selection, setting: str | None = None, bins: 
         mask = np.isin(trial_codes, codes)
         for noisy, label, color in ((False, "clean labels", "tab:blue"), (True, "mislabeled", "tab:red")):
             probs = probs_all[mask & (noisy_all == noisy)]
-            if len(probs):  # the share of the group's samples per bin, in percent
-                counts, _ = np.histogram(probs, bins=edges)
-                ax.stairs(100 * counts / len(probs), edges, fill=True, color=color, alpha=0.55,
-                          label=f"{label} (n = {len(probs)})")
+            if len(probs):
+                percent_histogram(ax, probs, edges, color=color, alpha=0.55, label=f"{label} (n = {len(probs)})")
         seeds = len(np.intersect1d(codes, trial_codes[mask]))
         ax.set_title(f"{row}, {column.dataset}, {_setting_name(column)}, {seeds} seed{'s' * (seeds != 1)}",
                      fontsize=9)
