@@ -225,15 +225,22 @@ def test_random_resized_box_draws_what_torchvision_draws_for_the_same_seed(heigh
 
 
 def test_views_are_224_uint8_whatever_the_image_size() -> None:
+    from drainage_bench.trainer.data import ImageFiles
+
+    files, square = ImageFiles([]), ImageFiles([], square=True)
     for size in ((30, 40), (500, 375), (600, 90)):
         image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
         for crop in stream.CROPS:
-            out = stream.view(image, crop, 3)
+            out = stream.view(image, crop, 3, files)
             assert out.shape == (3, 224, 224) and out.dtype == torch.uint8, (size, crop)
     image = torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8)
-    assert torch.equal(stream.view(image, "random_resized", 3), stream.view(image, "random_resized", 3))
-    assert not torch.equal(stream.view(image, "random_resized", 3), stream.view(image, "random_resized", 4))
-    assert torch.equal(stream.view(image, "random_resized", stream.NO_SEED), stream.view(image, "center", 9))
+    assert torch.equal(stream.view(image, "random_resized", 3, files), stream.view(image, "random_resized", 3, files))
+    assert not torch.equal(stream.view(image, "random_resized", 3, files),
+                           stream.view(image, "random_resized", 4, files))
+    assert torch.equal(stream.view(image, "random_resized", stream.NO_SEED, files), stream.view(image, "center", 9, files))
+    # the center view is the files' own: Clothing1M's squashes to 256x256 before the crop
+    assert torch.equal(stream.view(image, "center", 9, square), square.center(image))
+    assert not torch.equal(square.center(image), files.center(image))
 
 
 def test_color_jitter_is_torchvision_colorjitter_per_image() -> None:

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from drainage_bench.trainer.data import STREAM_IMAGE_SIZE, ImageFiles, center_view
+from drainage_bench.trainer.data import STREAM_IMAGE_SIZE, ImageFiles
 
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -77,22 +77,21 @@ def random_resized_view(image: torch.Tensor, generator: torch.Generator, size: i
     return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
 
 
-def _center(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return center_view(image)
-
-
-CROPS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "center": _center,
+# train_crop -> the random view it draws (None: the files' own center view, `ImageFiles.center`)
+CROPS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None] = {
+    "center": None,
     "random_resized": random_resized_view,
 }
 
 
-def view(image: torch.Tensor, crop: str, seed: int, square: bool = False) -> torch.Tensor:
-    """The 224x224 view of a decoded image: ``crop`` seeded with ``seed`` (NO_SEED: center);
-    the center view squashes to 256x256 first with ``square`` (see ``data.center_view``)."""
-    if seed == NO_SEED or crop == "center":
-        return center_view(image, square=square)
-    return CROPS[crop](image, torch.Generator().manual_seed(seed))
+def view(image: torch.Tensor, crop: str, seed: int, files: ImageFiles) -> torch.Tensor:
+    """The 224x224 view of a decoded image of `files`: ``crop`` seeded with ``seed``; the center
+    view (crop ``center``, or NO_SEED) is the files' own (`ImageFiles.center`: Clothing1M's
+    squashes the image to 256x256 first)."""
+    draw = CROPS[crop]
+    if seed == NO_SEED or draw is None:
+        return files.center(image)
+    return draw(image, torch.Generator().manual_seed(seed))
 
 
 class _Views(torch.utils.data.Dataset):
@@ -109,7 +108,7 @@ class _Views(torch.utils.data.Dataset):
         index = int(self.indices[pos])
         if self.raw:
             return pos, self.files.read(index), seed, index
-        return pos, view(self.files.decode(index), self.crop, seed, self.files.square)
+        return pos, view(self.files.decode(index), self.crop, seed, self.files)
 
 
 class _KeyedBatches:
@@ -189,5 +188,5 @@ class StreamBatches:
             images = decode_jpeg(list(raw), mode=ImageReadMode.RGB, device=self.device)
         except RuntimeError:
             images = [self.files.decode(i).to(self.device) for i in indices]
-        views = [view(image, self.crop, seed, self.files.square) for image, seed in zip(images, seeds)]
+        views = [view(image, self.crop, seed, self.files) for image, seed in zip(images, seeds)]
         return torch.tensor(pos), torch.stack(views)
