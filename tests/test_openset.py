@@ -268,6 +268,30 @@ def test_a_trial_with_a_score_that_is_not_finite_is_left_out_of_the_roc_curves(t
     assert legends["score: MSP"] == ["CE: AUROC 100.00 (n = 2)"]
 
 
+def test_the_relabel_figure_pools_the_training_and_test_samples_of_each_loss(tmp_path: Path) -> None:
+    from results_helpers import record
+
+    from drainage_bench.analysis import openset_plots as P
+    from drainage_bench.analysis.tables import load_selection
+
+    store = ResultsStore(tmp_path, "os")
+    samples = {"drainage_prob": np.array([0.1, 0.2, 0.9]), "is_noisy": np.array([False, False, True]),
+               "is_relabelled": np.array([False, False, True])}
+    for seed in (0, 1):
+        store.write_trial(record("drainage", "Drainage", "none", 0.0, seed, 0.9, sweep="os", openset="standard:0",
+                                 openset_unknown_train="relabel"), [], samples,
+                          openset=_scores([0.1, 0.2], [0.8, 0.9], True))
+    fig = P.relabel_histograms(load_selection(tmp_path, ["os"]))
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    # by hand, 2 seeds pooled: train known 0.1, 0.2 x2 (mean 0.15), relabelled 0.9 x2; test known
+    # 0.1, 0.2 x2, unknown 0.8, 0.9 x2 (mean 0.85); every group's bars sum to 100%
+    assert ax.get_title() == "Drainage (2 runs)"
+    assert [p.get_label() for p in ax.patches] == [
+        "train: known classes (n = 4, mean 0.15)", "train: unknown classes, relabelled (n = 2, mean 0.90)",
+        "test: known classes (n = 4, mean 0.15)", "test: unknown classes (n = 4, mean 0.85)"]
+    assert [round(float(p.get_data().values.sum()), 9) for p in ax.patches] == [100.0] * 4
+
+
 def test_mnist_vs_fashion_mnist_tests_on_both_test_sets(data_root: Path) -> None:
     from conftest import require_file
 

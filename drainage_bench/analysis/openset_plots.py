@@ -35,10 +35,14 @@ def _openset_trials(selection: Selection) -> pd.DataFrame:
 def load_scores(selection: Selection, trials: pd.DataFrame) -> pd.DataFrame:
     """The per-sample open-set rows of `trials`, with trial_id and the table row."""
     scores = selection.openset(trials["trial_id"])
-    if scores.empty:
-        return scores
-    return scores.astype({"trial_id": str}).merge(trials[["trial_id", "row"]].drop_duplicates("trial_id"),
-                                                   on="trial_id")
+    return scores if scores.empty else with_rows(scores, trials)
+
+
+def with_rows(frame: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` (per-sample records) whose trial is in `trials`, each with its table
+    row (`row`); matched by trial_id (a categorical column maps only its categories)."""
+    rows = frame["trial_id"].map(trials.drop_duplicates("trial_id").set_index("trial_id")["row"])
+    return frame.assign(row=rows)[rows.notna().to_numpy()]
 
 
 def _runs(part: pd.DataFrame) -> str:
@@ -132,7 +136,7 @@ def relabel_histograms(selection: Selection, scores: pd.DataFrame | None = None,
     samples = selection.samples(trials["trial_id"])
     if scores.empty or samples.empty or "is_relabelled" not in samples or scores["score_pd"].isna().all():
         return None
-    samples = samples.merge(trials[["trial_id", "row"]], on="trial_id")
+    samples = with_rows(samples, trials)
     rows = [r for r in selection.row_order if r in set(samples["row"])]
     fig, axes = _grid(len(rows), 2, (5.2, 3.6))
     edges = np.linspace(0, 1, bins + 1)
